@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up everything the two README commands need, on a fresh machine, idempotently:
+#   a virtual environment in .venv, torch (pinned: served from local disk), the ComfyUI host (see
+#   scripts/comfy_host.py) and its CPU requirements; for `test`, pytest and a headless Chromium.
+# Usage: scripts/bootstrap.sh test|demo
+set -euo pipefail
+mode="${1:-test}"
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+py="$VENV/bin/python"
+pip=("$py" -m pip --disable-pip-version-check)
+
+host_root="$("$py" scripts/comfy_host.py path --install)"
+echo "[bootstrap] ComfyUI host: $host_root"
+
+reqs="$(mktemp)"
+trap 'rm -f "$reqs"' EXIT
+{
+  printf '%s\n' "${TORCH_PINS[@]}"
+  "$py" scripts/comfy_host.py requirements
+  if [ "$mode" = test ]; then cat scripts/requirements-test.txt; fi
+} > "$reqs"
+stamp="$VENV/.bootstrap-$mode-$(sha256sum "$reqs" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[bootstrap] installing Python packages ($mode)"
+  # torch first, on its own, so that nothing else can pull in a different build
+  "${pip[@]}" install --quiet "${TORCH_PINS[@]}"
+  "${pip[@]}" install --quiet -r "$reqs"
+  touch "$stamp"
+fi
+
+if [ "$mode" = test ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "[bootstrap] installing Debian's chromium for the frontend tests"
+  sudo_=""
+  if [ "$(id -u)" != 0 ]; then sudo_="sudo"; fi
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
+fi
+echo "[bootstrap] ready"

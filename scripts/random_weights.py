@@ -1,0 +1,144 @@
+"""Random-weight models for the tests and the demo (no model hub, no real weights needed).
+
+* :func:`sd2_checkpoint`: an SD2 checkpoint (UNet, CLIP, VAE) built with ComfyUI's own classes and saved with
+  ComfyUI's own ``save_checkpoint``, so that ``CheckpointLoaderSimple`` detects it as SD2 (eps). The UNet is
+  320 wide but shallow (one res block per level, widths 320/320/640/640) to keep tests fast; CLIP and VAE
+  have their real sizes (ComfyUI builds them from fixed configs). Stored as fp16 safetensors.
+* :func:`caa_weights`: CAA weights in this pack's safetensors format, matching that UNet's widths.
+
+Comfy's layers skip weight initialisation, so every parameter is initialised here explicitly (seeded).
+Files are written once into a cache folder and reused (the name carries a format version).
+Needs ComfyUI importable with the CPU forced (see :func:`import_host`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_host  # noqa: E402
+
+VERSION = 1
+# the shallow SD2-like UNet of the tests: 4 levels like SD2 (so 64-px views reach a 1x1 deepest level)
+TEST_UNET = dict(channel_mult=[1, 1, 2, 2], num_res_blocks=[1, 1, 1, 1], transformer_depth=[1, 1, 1, 0])
+
+
+@torch.no_grad()
+def init_parameters(module: torch.nn.Module, seed: int, gain: float = 0.5) -> None:
+    """Seeded init of every parameter: weights ~ N(0, gain / sqrt(fan_in)), norm scales 1, biases 0."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.ndim >= 2:
+            fan_in = p[0].numel()
+            p.copy_(torch.randn(p.shape, generator=gen) * (gain / fan_in ** 0.5))
+        elif name.endswith("bias"):
+            p.zero_()
+        else:  # norm scales, 1-d embeddings, logit scales
+            p.fill_(1.0)
+
+
+def test_unet_config(in_channels: int = 4) -> dict:
+    """The UNet config of the shallow SD2-like test model (ComfyUI ``UNetModel`` keyword arguments)."""
+    levels = len(TEST_UNET["channel_mult"])
+    depth_in, depth_out = [], []
+    for level in range(levels):
+        depth_in += [TEST_UNET["transformer_depth"][level]] * TEST_UNET["num_res_blocks"][level]
+        depth_out += [TEST_UNET["transformer_depth"][level]] * (TEST_UNET["num_res_blocks"][level] + 1)
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "in_channels": in_channels, "out_channels": 4, "model_channels": 320,
+        "num_res_blocks": TEST_UNET["num_res_blocks"], "channel_mult": TEST_UNET["channel_mult"],
+        "transformer_depth": depth_in, "transformer_depth_output": depth_out, "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True, "context_dim": 1024, "num_head_channels": 64, "num_heads": -1,
+        "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def test_unet_widths() -> dict:
+    """CAA widths for the test UNet: encoder per level, mid, decoder per level (deepest first)."""
+    widths = [320 * c for c in TEST_UNET["channel_mult"]]
+    return {"encoder": widths, "mid": widths[-1], "decoder": widths[::-1]}
+
+
+def sd2_checkpoint(out_dir: Path, seed: int = 0) -> Path:
+    """Build (once) and return the path of the random SD2 test checkpoint."""
+    path = Path(out_dir) / f"mvd_test_sd2_v{VERSION}_s{seed}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy_host.import_host()
+    import comfy.ldm.models.autoencoder
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+
+    cpu = torch.device("cpu")
+    config = comfy.supported_models.SD20(test_unet_config())
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_parameters(model.diffusion_model, seed)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    clip = comfy.sd.CLIP(config.clip_target({}))
+    init_parameters(clip.cond_stage_model, seed + 1)
+    # token and position embeddings like CLIP's own init (small), so prompts stay distinguishable
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for name, p in clip.cond_stage_model.named_parameters():
+            if "embedding" in name and p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    vae_model = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    init_parameters(vae_model, seed + 3)
+    vae = comfy.sd.VAE(sd=vae_model.state_dict())
+
+    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    comfy.sd.save_checkpoint(str(tmp), patcher, clip, vae)
+    sd = comfy.utils.load_torch_file(str(tmp), safe_load=True)
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    comfy.utils.save_torch_file(sd, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale: float = 1.0) -> Path:
+    """Build (once) random CAA weights for the test UNet (or given widths) in this pack's format."""
+    widths = widths or test_unet_widths()
+    tag = "-".join(str(w) for w in widths["encoder"]) + f"_{widths['mid']}_" + "-".join(str(w) for w in widths["decoder"])
+    path = Path(out_dir) / f"mvd_test_caa_v{VERSION}_{tag}_s{seed}_x{scale:g}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pack = comfy_host.import_pack()
+    from importlib import import_module
+
+    blockset = import_module(f"{pack.__name__}.caa.blockset")
+    checkpoint = import_module(f"{pack.__name__}.caa.checkpoint")
+    caa = blockset.CAASet(widths["encoder"], widths["mid"], widths["decoder"])
+    init_parameters(caa, seed, gain=0.5 * scale)
+    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    checkpoint.save_caa_file(caa.state_dict(), tmp, source="random (tests)", model_kind="pano", dtype=torch.float16)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["sd2", "caa"])
+    parser.add_argument("--out", type=Path, default=comfy_host.cache_dir() / "test-models")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(sd2_checkpoint(args.out, args.seed) if args.what == "sd2" else caa_weights(args.out, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

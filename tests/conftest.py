@@ -1,0 +1,75 @@
+"""Test harness: the pack imported as ``comfyui_mvdiffusion``, and a real ComfyUI host.
+
+* ``comfy``: ComfyUI imported in this process with the CPU forced and this pack loaded through ComfyUI's own
+  custom-node loader (fast node-level tests).
+* ``comfy_server``: a real ``main.py`` server on 127.0.0.1 with this pack installed (end-to-end tests).
+
+With ``CI=true`` a missing host fails the tests that need it instead of skipping them.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import comfy_host  # noqa: E402
+
+PACK = comfy_host.PACK_MODULE
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+comfy_host.import_pack()
+
+
+def missing_host(reason: str):
+    """Fail under CI, skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing host is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def comfy_root() -> Path:
+    root = comfy_host.host_root(install=False)
+    if root is None:
+        missing_host("no ComfyUI host: run `make test` or set COMFYUI_PATH")
+    return root
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_root, tmp_path_factory):
+    """ComfyUI in this process (CPU), with this pack loaded by ComfyUI's custom-node loader.
+
+    Returns a namespace with the host modules tests need and ``pack``/``mvd_nodes`` (our node classes by id).
+    """
+    base = comfy_host.make_base_directory(tmp_path_factory.mktemp("comfy_base"))
+    comfy_host.import_host(comfy_root, base_directory=base)
+    import folder_paths  # noqa: F401  (reads base_directory)
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+    import comfy.sd
+    import comfy.utils
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    ours = {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "").endswith(PACK)}
+    if not ours:
+        pytest.fail(f"ComfyUI did not load the pack from {base / 'custom_nodes'}")
+    return types.SimpleNamespace(root=comfy_root, base=base, nodes=nodes, comfy=comfy, folder_paths=folder_paths,
+                                 mm=comfy.model_management, pack=sys.modules[PACK], mvd_nodes=ours)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    path = comfy_host.cache_dir() / "test-models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
