@@ -33,7 +33,7 @@ from torch import nn
 from .positional_encoding import PositionalEncoding
 
 __all__ = ["HEAD_DIM", "CrossAttention", "FeedForward", "TransformerBlock", "CorrespondenceAttention",
-           "sample_keys", "check_features"]
+           "sample_keys", "check_features", "like"]
 
 HEAD_DIM = 32
 
@@ -159,4 +159,15 @@ class CorrespondenceAttention(nn.Module):
         kv = kv * plan.valid.to(x.device).permute(0, 2, 3, 1)[None, ..., None].to(x.dtype)
         query = x.reshape(b, m, C, h, w).permute(0, 1, 3, 4, 2).reshape(-1, 1, C)
         out = self.transformer(query, kv.reshape(-1, K, C), self.query_pe().to(x.dtype))
-        return out.reshape(b, m, h, w, C).permute(0, 1, 4, 2, 3).reshape(b * m, C, h, w)
+        return like(x, out.reshape(b, m, h, w, C).permute(0, 1, 4, 2, 3).reshape(b * m, C, h, w))
+
+
+def like(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` in a tensor with exactly ``x``'s memory layout (strides).
+
+    The UNet's later convolutions pick their kernels from the input's layout: handing back a permuted
+    (channels-last-like) tensor changes their rounding, so a zero-weight CAA would not be an exact identity.
+    """
+    out = torch.empty_like(x)
+    out.copy_(values)
+    return out

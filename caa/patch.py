@@ -1,0 +1,211 @@
+"""Patching a ComfyUI UNet with CAA through the host's own ModelPatcher mechanisms.
+
+Nothing here imports ComfyUI: the ModelPatcher is used through its public methods (duck typing), so this
+module stays testable without the host. :func:`patch_model` returns a patched CLONE; the input model is never
+touched, and everything it adds lives in that clone:
+
+* encoder blocks: ``set_model_input_block_patch_after_skip`` (the skip is pushed before CAA, as officially);
+* mid and decoder blocks: ``add_object_patch`` of the layer they follow or precede, replaced by a shallow copy
+  whose class is a subclass of the original (extra work + the original forward). The copy shares every
+  parameter with the original, so state-dict and LoRA keys are unchanged and the UNet's ``isinstance``
+  dispatch still holds; ComfyUI puts the original back when the clone is unloaded;
+* an ``outer_sample`` wrapper that validates the run before sampling starts (view count, latent size, and
+  what would split or crop the views: area conditioning, context windows over the batch, multi-GPU);
+* the CAA weights' own ModelPatcher (when given) through the patch object's ``models()``, so ComfyUI's model
+  management loads, counts and offloads it with the UNet.
+
+Views of one scene are consecutive rows of every UNet call: a call holds k chunks of the whole latent batch
+(cond/uncond), and the latent batch is s scenes of m views, so rows ``[g*m:(g+1)*m]`` are one scene of one
+chunk. CAA runs on each group of m rows on its own: cond and uncond never mix, nor do scenes.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+from ..geometry.cameras import Rig
+from ..geometry.sampling_plan import level_plan, unet_level_sizes
+from .placement import Site, check_sites, unet_sites
+
+__all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "wrap_layer", "unwrap_layer"]
+
+WRAPPER_KEY = "mvdiffusion"
+OUTER_SAMPLE = "outer_sample"  # comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+VAE_FACTOR = 8
+
+
+class MultiViewError(ValueError):
+    """A sampling run that MVDiffusion cannot serve, with what to change."""
+
+    def __init__(self, message: str):
+        super().__init__(f"MVDiffusion: {message}")
+
+
+# ---- layer wrappers (object patches) -------------------------------------------------------------------------
+_WRAPPER_CLASSES: dict = {}
+
+
+def _wrapper_class(cls: type, position: str) -> type:
+    key = (cls, position)
+    if key not in _WRAPPER_CLASSES:
+        if position == "before":
+            def forward(self, x, *args, **kwargs):
+                return cls.forward(self, self._mvd_hook(x), *args, **kwargs)
+        elif position == "after":
+            def forward(self, *args, **kwargs):
+                return self._mvd_hook(cls.forward(self, *args, **kwargs))
+        else:
+            raise ValueError(f"position must be 'before' or 'after', got {position!r}")
+        _WRAPPER_CLASSES[key] = type(f"MVDiffusion{position.title()}{cls.__name__}", (cls,),
+                                     {"forward": forward, "__module__": __name__})
+    return _WRAPPER_CLASSES[key]
+
+
+def wrap_layer(layer: torch.nn.Module, hook, position: str) -> torch.nn.Module:
+    """A shallow copy of ``layer`` that runs ``hook`` on its input ("before") or output ("after").
+
+    The copy has its own module/parameter dictionaries holding the SAME children and tensors as ``layer``;
+    ``layer`` itself is not modified.
+    """
+    layer = unwrap_layer(layer)
+    wrapped = copy.copy(layer)
+    for name in ("_modules", "_parameters", "_buffers"):
+        wrapped.__dict__[name] = dict(layer.__dict__[name])
+    wrapped.__class__ = _wrapper_class(type(layer), position)
+    wrapped.__dict__["_mvd_hook"] = hook
+    wrapped.__dict__["_mvd_original"] = layer
+    return wrapped
+
+
+def unwrap_layer(layer):
+    """The original layer behind a :func:`wrap_layer` copy (or the layer itself)."""
+    return layer.__dict__.get("_mvd_original", layer)
+
+
+# ---- the patch ---------------------------------------------------------------------------------------------
+class MultiViewPatch:
+    """CAA for one model clone: the blocks, the rig, and where each block runs.
+
+    ``caa``: a :class:`caa.blockset.CAASet`; ``weights``: the host ModelPatcher that holds ``caa`` (returned by
+    ``models()`` so the host loads it), or None; ``forward``: ``forward(block, x, plan) -> x`` (the reference
+    block call by default).
+    """
+
+    def __init__(self, caa, rig: Rig, sites: list[Site], weights=None, forward=None):
+        self.caa = caa
+        self.rig = rig
+        self.sites = list(sites)
+        self.weights = weights
+        self.forward = forward or (lambda block, x, plan: block(x, plan))
+        if rig.height % VAE_FACTOR or rig.width % VAE_FACTOR:
+            raise MultiViewError(f"the camera views are {rig.width}x{rig.height} px; width and height must be "
+                                 f"multiples of {VAE_FACTOR}")
+        levels = max(s.level for s in self.sites) + 1
+        self.level_sizes = unet_level_sizes(rig.height, rig.width, levels, VAE_FACTOR)
+        self._encoder = {s.target: s for s in self.sites if s.hook == "after_input_block"}
+
+    # ComfyUI calls patch objects with (h, transformer_options) for input_block_patch_after_skip
+    def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        block = transformer_options.get("block")
+        if not block or block[0] != "input":
+            return h
+        site = self._encoder.get(block[1])
+        return h if site is None else self.run(site, h)
+
+    def block(self, site: Site):
+        if site.kind == "mid":
+            return self.caa.cp_blocks_mid
+        return (self.caa.cp_blocks_encoder if site.kind == "encoder" else self.caa.cp_blocks_decoder)[site.index]
+
+    def run(self, site: Site, h: torch.Tensor) -> torch.Tensor:
+        """Apply the site's block to the features h ((groups * m), C, h, w)."""
+        m = self.rig.num_views
+        expected = self.level_sizes[site.level]
+        if tuple(h.shape[-2:]) != expected:
+            raise MultiViewError(
+                f"the UNet's level-{site.level} features are {h.shape[-2]}x{h.shape[-1]} but cameras of "
+                f"{self.rig.width}x{self.rig.height} px expect {expected[0]}x{expected[1]}: something resized or "
+                "cropped the latent (area conditioning, Deep Shrink, a different image size); "
+                "MVDiffusion needs every view whole at the cameras' size")
+        if h.shape[0] % m:
+            raise MultiViewError(f"the UNet got a batch of {h.shape[0]} images, not a multiple of the {m} camera views "
+                                 "(something split the views of a scene apart)")
+        plan = level_plan(self.rig, expected[0], expected[1], h.device, h.dtype)
+        return self.forward(self.block(site), h, plan)
+
+    def hook(self, site: Site):
+        return functools.partial(self.run, site)
+
+    # ---- validation before sampling (outer_sample wrapper) ----
+    def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
+        guider = getattr(executor, "class_obj", None)
+        self.validate(tuple(latent_image.shape), getattr(guider, "conds", None) or {},
+                      getattr(guider, "model_options", None) or {})
+        return executor(noise, latent_image, *args, **kwargs)
+
+    def validate(self, latent_shape: tuple, conds: dict, model_options: dict) -> None:
+        m = self.rig.num_views
+        if len(latent_shape) != 4:
+            raise MultiViewError(f"expected an image latent (batch, channels, height, width), got shape {latent_shape}")
+        if latent_shape[0] % m:
+            raise MultiViewError(f"the latent batch holds {latent_shape[0]} images, but the cameras have {m} views: "
+                                 f"use a batch of {m} (or a multiple of {m} for several scenes), e.g. "
+                                 "'Empty Panorama Latent' or Empty Latent Image with batch_size "
+                                 f"{m}")
+        want = self.level_sizes[0]
+        if tuple(latent_shape[-2:]) != want:
+            raise MultiViewError(
+                f"the latent is {latent_shape[-1] * VAE_FACTOR}x{latent_shape[-2] * VAE_FACTOR} px "
+                f"({latent_shape[-1]}x{latent_shape[-2]} latent) but the cameras are {self.rig.width}x{self.rig.height}"
+                " px: make the latent and the Panorama Cameras the same size")
+        for name, cond_list in conds.items():
+            for cond in cond_list or []:
+                if isinstance(cond, dict) and cond.get("area") is not None:
+                    raise MultiViewError(f"area conditioning ({name}) crops the latent and would cut the views apart; "
+                                         "remove ConditioningSetArea (per-view prompts: use 'Panorama Prompts')")
+        if model_options.get("context_handler") is not None:
+            raise MultiViewError("context windows split the batch of views; remove the context-windows node from "
+                                 "this model")
+        if model_options.get("multigpu_clones"):
+            raise MultiViewError("multi-GPU splitting would send the views of one scene to different GPUs; "
+                                 "sample MVDiffusion on one GPU")
+
+    # ---- ModelPatcher patch-object protocol ----
+    def models(self) -> list:
+        return [self.weights] if self.weights is not None else []
+
+    def to(self, device_or_dtype):
+        return self
+
+    def __deepcopy__(self, memo):
+        # ComfyUI 0.3.x deep-copies model_options on clone: share this (immutable) patch instead of copying
+        # the CAA weights with it
+        return self
+
+
+def patch_model(model_patcher, caa, rig: Rig, weights=None, forward=None):
+    """A clone of ``model_patcher`` with CAA applied (replacing any earlier MVDiffusion patch on it).
+
+    Raises ValueError when the UNet is not SD-like or the CAA widths do not fit it.
+    """
+    clone = model_patcher.clone()
+    sites = unet_sites(clone.get_model_object("diffusion_model"))
+    check_sites(sites, caa.widths)
+    patch = MultiViewPatch(caa, rig, sites, weights, forward)
+
+    transformer_options = clone.model_options.setdefault("transformer_options", {})
+    patches = transformer_options.setdefault("patches", {})
+    previous = patches.get("input_block_patch_after_skip", [])
+    patches["input_block_patch_after_skip"] = [p for p in previous if not isinstance(p, MultiViewPatch)]
+    clone.set_model_input_block_patch_after_skip(patch)
+    for site in sites:
+        if site.hook == "after_input_block":
+            continue
+        layer = clone.get_model_object(site.target)
+        position = "after" if site.hook == "after_layer" else "before"
+        clone.add_object_patch(site.target, wrap_layer(layer, patch.hook(site), position))
+    clone.remove_wrappers_with_key(OUTER_SAMPLE, WRAPPER_KEY)
+    clone.add_wrapper_with_key(OUTER_SAMPLE, WRAPPER_KEY, patch.outer_sample)
+    return clone

@@ -1,0 +1,16 @@
+"""ComfyUI nodes of the pack (thin glue over ``geometry`` and ``caa``), registered as a V3 extension."""
+from comfy_api.latest import ComfyExtension, io
+
+from .cameras import EmptyPanoramaLatent, PanoramaCameras
+from .equirect import EquirectangularStitch, EquirectangularToViews
+from .loaders import LoadCAAWeights, LoadMVDiffusionCheckpoint
+from .prompts import PanoramaPrompts
+from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
+
+NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, EmptyPanoramaLatent, PanoramaPrompts,
+         ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews]
+
+
+class MVDiffusionExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,95 @@
+"""Patching the host's MODEL with MVDiffusion, and the multi-view KSampler."""
+from __future__ import annotations
+
+import comfy.samplers
+import nodes as host_nodes
+from comfy_api.latest import io
+
+from ..caa.patch import MultiViewError, patch_model
+from .io_types import CATEGORY, CAA, Cameras
+
+
+def apply_mvdiffusion(node: str, model, caa, cameras):
+    """A patched clone of ``model`` (the input MODEL is left untouched); errors name ``node``."""
+    try:
+        return patch_model(model, caa.caa, cameras, weights=caa.patcher)
+    except ValueError as e:
+        raise node_error(node, e) from None
+
+
+def node_error(node: str, error: Exception) -> ValueError:
+    return ValueError(f"{node}: {str(error).removeprefix('MVDiffusion: ')}")
+
+
+class ApplyMVDiffusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MVDiffusionApply",
+            display_name="Apply MVDiffusion",
+            category=CATEGORY,
+            description="Adds correspondence-aware attention to a copy of the model, so that any sampler samples "
+                        "all camera views of a scene together. The latent batch must hold the views in camera "
+                        "order (a multiple of the number of views).",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD2 model (SD2-base for pano.ckpt's CAA weights)."),
+                CAA.Input("caa", tooltip="From Load MVDiffusion Checkpoint or Load CAA Weights."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras: the views the latent batch holds."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, caa, cameras) -> io.NodeOutput:
+        return io.NodeOutput(apply_mvdiffusion("Apply MVDiffusion", model, caa, cameras))
+
+
+class MVDiffusionKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MVDiffusionKSampler",
+            display_name="MVDiffusion KSampler",
+            category=CATEGORY,
+            description="Samples all camera views of each scene together with correspondence-aware attention "
+                        "(defaults: the official DDIM, 50 steps, guidance 9).",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD2 model (SD2-base for pano.ckpt)."),
+                CAA.Input("caa", tooltip="From Load MVDiffusion Checkpoint or Load CAA Weights."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras."),
+                io.Conditioning.Input("positive", tooltip="One prompt for all views, or one per view "
+                                                          "(Panorama Prompts)."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),
+                io.Latent.Input("latent_image", tooltip="scenes x views latents in camera order, at the cameras' "
+                                                        "size (Empty Panorama Latent)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed; every view gets its own independent noise."),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Denoising steps."),
+                io.Float.Input("cfg", default=9.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim",
+                               tooltip="Sampling algorithm."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
+                               tooltip="Noise schedule."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Amount of denoising (below 1 keeps part of the input latent)."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, caa, cameras, positive, negative, latent_image, seed, steps, cfg, sampler_name,
+                scheduler, denoise) -> io.NodeOutput:
+        name = "MVDiffusion KSampler"
+        samples = latent_image["samples"]
+        m = cameras.num_views
+        if samples.shape[0] % m:
+            raise ValueError(f"{name}: the latent batch holds {samples.shape[0]} images, not a multiple of the "
+                             f"{m} camera views: use Empty Panorama Latent (or a batch of {m})")
+        patched = apply_mvdiffusion(name, model, caa, cameras)
+        try:
+            (out,) = host_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                                latent_image, denoise=denoise)
+        except MultiViewError as e:
+            raise node_error(name, e) from None
+        return io.NodeOutput(out)
