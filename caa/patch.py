@@ -11,6 +11,8 @@ touched, and everything it adds lives in that clone:
   dispatch still holds; ComfyUI puts the original back when the clone is unloaded;
 * an ``outer_sample`` wrapper that validates the run before sampling starts (view count, latent size, and
   what would split or crop the views: area conditioning, context windows over the batch, multi-GPU);
+* a ``prepare_sampling`` wrapper that adds CAA's working memory to ComfyUI's ``memory_required`` estimate
+  (the noise shape it passes on only feeds that estimate: it is enlarged by as many latent rows as CAA needs);
 * the CAA weights' own ModelPatcher (when given) through the patch object's ``models()``, so ComfyUI's model
   management loads, counts and offloads it with the UNet.
 
@@ -27,13 +29,18 @@ import torch
 
 from ..geometry.cameras import Rig
 from ..geometry.sampling_plan import level_plan, unet_level_sizes
+from .fast import fast_forward, fold_weights
 from .placement import Site, check_sites, unet_sites
 
 __all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "wrap_layer", "unwrap_layer"]
 
 WRAPPER_KEY = "mvdiffusion"
 OUTER_SAMPLE = "outer_sample"  # comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+PREPARE_SAMPLING = "prepare_sampling"  # comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING
 VAE_FACTOR = 8
+# working memory of the fast path's query chunks (less when the device has less free memory)
+CAA_WORK_BYTES = 512 << 20
+IMPLEMENTATIONS = ("fast", "reference")
 
 
 class MultiViewError(ValueError):
@@ -89,22 +96,28 @@ class MultiViewPatch:
     """CAA for one model clone: the blocks, the rig, and where each block runs.
 
     ``caa``: a :class:`caa.blockset.CAASet`; ``weights``: the host ModelPatcher that holds ``caa`` (returned by
-    ``models()`` so the host loads it), or None; ``forward``: ``forward(block, x, plan) -> x`` (the reference
-    block call by default).
+    ``models()`` so the host loads it), or None; ``implementation``: "fast" (``caa/fast.py``) or "reference"
+    (the block's own forward); ``free_memory``: ``device -> bytes`` (the host's estimate), bounds the fast
+    path's chunks.
     """
 
-    def __init__(self, caa, rig: Rig, sites: list[Site], weights=None, forward=None):
+    def __init__(self, caa, rig: Rig, sites: list[Site], weights=None, implementation: str = "fast",
+                 free_memory=None):
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         self.caa = caa
         self.rig = rig
         self.sites = list(sites)
         self.weights = weights
-        self.forward = forward or (lambda block, x, plan: block(x, plan))
+        self.implementation = implementation
+        self.free_memory = free_memory
         if rig.height % VAE_FACTOR or rig.width % VAE_FACTOR:
             raise MultiViewError(f"the camera views are {rig.width}x{rig.height} px; width and height must be "
                                  f"multiples of {VAE_FACTOR}")
         levels = max(s.level for s in self.sites) + 1
         self.level_sizes = unet_level_sizes(rig.height, rig.width, levels, VAE_FACTOR)
         self._encoder = {s.target: s for s in self.sites if s.hook == "after_input_block"}
+        self._folded = {}  # (block, device, dtype) -> FoldedWeights, built once per run
 
     # ComfyUI calls patch objects with (h, transformer_options) for input_block_patch_after_skip
     def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
@@ -133,10 +146,36 @@ class MultiViewPatch:
             raise MultiViewError(f"the UNet got a batch of {h.shape[0]} images, not a multiple of the {m} camera views "
                                  "(something split the views of a scene apart)")
         plan = level_plan(self.rig, expected[0], expected[1], h.device, h.dtype)
-        return self.forward(self.block(site), h, plan)
+        block = self.block(site)
+        if self.implementation == "reference":
+            return block(h, plan)
+        key = (id(block), h.device, h.dtype)
+        if key not in self._folded:
+            self._folded[key] = fold_weights(block, h.device, h.dtype)
+        return fast_forward(block, h, plan, self._folded[key], self.work_bytes(h.device))
+
+    def work_bytes(self, device) -> int:
+        if self.free_memory is None:
+            return CAA_WORK_BYTES
+        return max(64 << 20, min(CAA_WORK_BYTES, int(self.free_memory(device) * 0.5)))
 
     def hook(self, site: Site):
         return functools.partial(self.run, site)
+
+    # ---- memory estimate (prepare_sampling wrapper) ----
+    def extra_memory(self, latent_batch: int, element_size: int) -> int:
+        """Bytes CAA needs on top of the UNet for a latent batch (cond and uncond): the fast path's copies of
+        the biggest level's features (keys, output, result) and its query-chunk working memory."""
+        (h, w), width = self.level_sizes[0], max(s.width for s in self.sites if s.level == 0)
+        return 3 * 2 * latent_batch * h * w * width * element_size + CAA_WORK_BYTES
+
+    def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
+        per_row = model.model.memory_required([1] + list(noise_shape[1:]))
+        element_size = torch.empty((), dtype=model.model_dtype()).element_size()
+        if per_row > 0:
+            extra_rows = -(-self.extra_memory(noise_shape[0], element_size) // int(2 * per_row))
+            noise_shape = [noise_shape[0] + extra_rows] + list(noise_shape[1:])
+        return executor(model, noise_shape, conds, *args, **kwargs)
 
     # ---- validation before sampling (outer_sample wrapper) ----
     def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
@@ -185,7 +224,7 @@ class MultiViewPatch:
         return self
 
 
-def patch_model(model_patcher, caa, rig: Rig, weights=None, forward=None):
+def patch_model(model_patcher, caa, rig: Rig, weights=None, implementation: str = "fast", free_memory=None):
     """A clone of ``model_patcher`` with CAA applied (replacing any earlier MVDiffusion patch on it).
 
     Raises ValueError when the UNet is not SD-like or the CAA widths do not fit it.
@@ -193,7 +232,7 @@ def patch_model(model_patcher, caa, rig: Rig, weights=None, forward=None):
     clone = model_patcher.clone()
     sites = unet_sites(clone.get_model_object("diffusion_model"))
     check_sites(sites, caa.widths)
-    patch = MultiViewPatch(caa, rig, sites, weights, forward)
+    patch = MultiViewPatch(caa, rig, sites, weights, implementation, free_memory)
 
     transformer_options = clone.model_options.setdefault("transformer_options", {})
     patches = transformer_options.setdefault("patches", {})
@@ -206,6 +245,7 @@ def patch_model(model_patcher, caa, rig: Rig, weights=None, forward=None):
         layer = clone.get_model_object(site.target)
         position = "after" if site.hook == "after_layer" else "before"
         clone.add_object_patch(site.target, wrap_layer(layer, patch.hook(site), position))
-    clone.remove_wrappers_with_key(OUTER_SAMPLE, WRAPPER_KEY)
-    clone.add_wrapper_with_key(OUTER_SAMPLE, WRAPPER_KEY, patch.outer_sample)
+    for kind, wrapper in ((OUTER_SAMPLE, patch.outer_sample), (PREPARE_SAMPLING, patch.prepare_sampling)):
+        clone.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        clone.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     return clone

@@ -1,6 +1,7 @@
 """Patching the host's MODEL with MVDiffusion, and the multi-view KSampler."""
 from __future__ import annotations
 
+import comfy.model_management
 import comfy.samplers
 import nodes as host_nodes
 from comfy_api.latest import io
@@ -12,7 +13,8 @@ from .io_types import CATEGORY, CAA, Cameras
 def apply_mvdiffusion(node: str, model, caa, cameras):
     """A patched clone of ``model`` (the input MODEL is left untouched); errors name ``node``."""
     try:
-        return patch_model(model, caa.caa, cameras, weights=caa.patcher)
+        return patch_model(model, caa.caa, cameras, weights=caa.patcher,
+                           free_memory=comfy.model_management.get_free_memory)
     except ValueError as e:
         raise node_error(node, e) from None
 
