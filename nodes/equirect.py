@@ -62,7 +62,7 @@ class EquirectangularToViews(io.ComfyNode):
                         "and for editing an existing panorama).",
             inputs=[
                 io.Image.Input("panorama", tooltip="Equirectangular image(s), 2:1, longitude 0 at the centre column."),
-                Cameras.Input("cameras"),
+                Cameras.Input("cameras", tooltip="The cameras of the views to cut (from Panorama Cameras)."),
             ],
             outputs=[io.Image.Output(display_name="views")],
         )

@@ -38,7 +38,7 @@ class PanoramaPrompts(io.ComfyNode):
                         "into one CONDITIONING whose batch holds the views' prompts (combinable with the host's "
                         "conditioning nodes).",
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input("clip", tooltip="The text encoder (from the checkpoint loader)."),
                 Cameras.Input("cameras", tooltip="From Panorama Cameras (gives the number of views)."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True,
                                 tooltip="One line for all views, or one line per view (view 0 first)."),

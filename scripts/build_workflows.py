@@ -1,0 +1,106 @@
+"""Regenerate the example workflows in ``workflows/`` (UI format) from a live server's ``/object_info``.
+
+    .venv/bin/python scripts/build_workflows.py          # starts a headless ComfyUI with this pack
+
+The graphs are described here once; widget order and socket types come from the server, so the files always
+match the nodes' current definitions.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_host  # noqa: E402
+from workflow_api import UIGraph  # noqa: E402
+
+WORKFLOWS = comfy_host.REPO / "workflows"
+KITCHEN = ("This kitchen is a charming blend of rustic and modern, featuring a large reclaimed wood island with "
+           "marble countertop, a sink surrounded by cabinets. To the left of the island, a stainless-steel "
+           "refrigerator stands tall. To the right of the sink, built-in wooden cabinets painted in a muted.")
+PER_VIEW = "\n".join([
+    "a sunlit living room, a large window with white curtains",
+    "a sunlit living room, a grey fabric sofa with cushions",
+    "a sunlit living room, a wooden bookshelf full of books",
+    "a sunlit living room, a fireplace with a mirror above it",
+    "a sunlit living room, a wooden door and a coat rack",
+    "a sunlit living room, a dining table with four chairs",
+    "a sunlit living room, a potted plant next to a lamp",
+    "a sunlit living room, a television on a low cabinet",
+])
+
+
+def text_to_panorama(info: dict) -> dict:
+    """Official checkpoint -> 8 views -> stitch -> save (the official pano.ckpt demo)."""
+    g = UIGraph(info)
+    ckpt = g.add("MVDiffusionCheckpointLoader", (40, 120), ckpt_name="pano.ckpt")
+    cams = g.add("MVDiffusionPanoramaCameras", (40, 320), views=8, fov=90.0, pitch=0.0, width=512, height=512,
+                 yaw_offset=0.0)
+    pos = g.add("MVDiffusionPanoramaPrompts", (420, 60), size=(400, 200), title="Prompt (one line, or one per view)",
+                clip=ckpt.out(1), cameras=cams.out(0), text=KITCHEN)
+    neg = g.add("CLIPTextEncode", (420, 300), size=(400, 120), title="Negative prompt", clip=ckpt.out(1), text="")
+    latent = g.add("MVDiffusionEmptyLatent", (420, 470), cameras=cams.out(0), scenes=1)
+    sampled = g.add("MVDiffusionKSampler", (860, 60), size=(320, 400), model=ckpt.out(0), caa=ckpt.out(3),
+                    cameras=cams.out(0), positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0),
+                    seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
+    views = g.add("VAEDecode", (1220, 60), samples=sampled.out(0), vae=ckpt.out(2))
+    pano = g.add("MVDiffusionEquirectStitch", (1220, 180), images=views.out(0), cameras=cams.out(0), width=4096,
+                 height=2048, blend="ramp")
+    g.add("SaveImage", (1560, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/panorama")
+    g.add("SaveImage", (1560, 420), size=(520, 320), images=views.out(0), filename_prefix="mvdiffusion/view")
+    g.note((40, 560), "Put pano.ckpt (MVDiffusion release) into models/mvdiffusion/. It holds the SD2-base model, "
+                      "its text encoder and VAE, and the correspondence-aware attention. One prompt for all 8 views, "
+                      "or one line per view (view 0 = panorama centre, then clockwise in 45° steps).")
+    return g.to_ui()
+
+
+def text_to_panorama_sd2(info: dict) -> dict:
+    """The host's SD2-base checkpoint + CAA weights, per-view prompts, Apply MVDiffusion + the core KSampler."""
+    g = UIGraph(info)
+    ckpt = g.add("CheckpointLoaderSimple", (40, 60), ckpt_name="512-base-ema.safetensors")
+    caa = g.add("MVDiffusionCAALoader", (40, 220), caa_name="pano.caa.safetensors")
+    cams = g.add("MVDiffusionPanoramaCameras", (40, 340), views=8, fov=90.0, pitch=0.0, width=512, height=512,
+                 yaw_offset=0.0)
+    model = g.add("MVDiffusionApply", (420, 480), model=ckpt.out(0), caa=caa.out(0), cameras=cams.out(0))
+    pos = g.add("MVDiffusionPanoramaPrompts", (420, 40), size=(460, 260), title="Per-view prompts (view 0 first)",
+                clip=ckpt.out(1), cameras=cams.out(0), text=PER_VIEW)
+    neg = g.add("CLIPTextEncode", (420, 330), size=(400, 110), title="Negative prompt", clip=ckpt.out(1), text="")
+    latent = g.add("MVDiffusionEmptyLatent", (420, 600), cameras=cams.out(0), scenes=1)
+    sampled = g.add("KSampler", (920, 60), size=(320, 320), model=model.out(0), positive=pos.out(0),
+                    negative=neg.out(0), latent_image=latent.out(0), seed=0, steps=50, cfg=9.0, sampler_name="ddim",
+                    scheduler="ddim_uniform", denoise=1.0)
+    views = g.add("VAEDecode", (1280, 60), samples=sampled.out(0), vae=ckpt.out(2))
+    pano = g.add("MVDiffusionEquirectStitch", (1280, 180), images=views.out(0), cameras=cams.out(0), width=4096,
+                 height=2048, blend="feather")
+    g.add("SaveImage", (1620, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/panorama_sd2")
+    g.note((40, 500), "SD2-base (512-base-ema.safetensors) in models/checkpoints/, and the CAA weights converted from "
+                      "pano.ckpt (python -m comfyui_mvdiffusion.caa.convert pano.ckpt) in models/mvdiffusion/. "
+                      "Apply MVDiffusion patches the model, so LoRAs and ControlNets on it keep working and any "
+                      "sampler samples the 8 views together.")
+    return g.to_ui()
+
+
+BUILDERS = {"text_to_panorama.json": text_to_panorama, "text_to_panorama_sd2.json": text_to_panorama_sd2}
+
+
+def build_all(object_info: dict, out_dir: Path = WORKFLOWS) -> list[Path]:
+    out_dir.mkdir(exist_ok=True)
+    paths = []
+    for name, build in BUILDERS.items():
+        path = out_dir / name
+        path.write_text(json.dumps(build(object_info), indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp, comfy_host.ComfyServer(Path(tmp) / "base") as server:
+        for path in build_all(server.object_info()):
+            print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

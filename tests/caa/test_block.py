@@ -1,0 +1,165 @@
+"""The reference CAA block on hand-checkable cases (no ComfyUI needed)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from comfyui_mvdiffusion.caa.block import CorrespondenceAttention
+from comfyui_mvdiffusion.caa.blockset import CAASet, SD2_WIDTHS
+from comfyui_mvdiffusion.caa.positional_encoding import frequency_bands, positional_encoding
+from comfyui_mvdiffusion.geometry import build_level_plan, level_plan, pano_rig
+
+
+def random_block(dim: int, seed: int = 0, freq_scale: float | None = None) -> CorrespondenceAttention:
+    """A block with every parameter random (norms around 1), optionally with low PE frequencies."""
+    gen = torch.Generator().manual_seed(seed)
+    block = CorrespondenceAttention(dim).eval()
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
+            elif "norm" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+        if freq_scale is not None:
+            block.pe.freq_bands.copy_(torch.linspace(0.05, freq_scale, dim // 4)[None, None])
+    return block
+
+
+def features(groups: int, views: int, dim: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(groups * views, dim, size, size, generator=torch.Generator().manual_seed(seed)) * 2 + 0.3
+
+
+def test_the_state_dict_has_the_official_names_and_shapes():
+    block = CorrespondenceAttention(320)
+    shapes = {k: tuple(v.shape) for k, v in block.state_dict().items()}
+    assert shapes == {
+        "transformer.attn1.to_q.weight": (320, 320), "transformer.attn1.to_k.weight": (320, 320),
+        "transformer.attn1.to_v.weight": (320, 320), "transformer.attn1.to_out.weight": (320, 320),
+        "transformer.attn1.to_out.bias": (320,), "transformer.ff.net.0.proj.weight": (2560, 320),
+        "transformer.ff.net.0.proj.bias": (2560,), "transformer.ff.net.2.weight": (320, 1280),
+        "transformer.ff.net.2.bias": (320,), "transformer.norm1.weight": (320,), "transformer.norm1.bias": (320,),
+        "transformer.norm2.weight": (320,), "transformer.norm2.bias": (320,), "pe.freq_bands": (1, 1, 80)}
+    assert CAASet().widths == SD2_WIDTHS
+
+
+def test_frequency_bands_are_powers_of_two_up_to_80_and_5000_based_above():
+    assert torch.equal(frequency_bands(80)[0, 0], 2.0 ** torch.arange(80, dtype=torch.float32))
+    f = frequency_bands(320)[0, 0]
+    assert f[0] == 1 and abs(float(f[-1]) - (5000 ** (1 / 128)) ** 319) / 5000 ** (319 / 128) < 1e-4
+
+
+def test_the_positional_encoding_of_zero_is_zeros_then_ones():
+    block = CorrespondenceAttention(320)
+    pe = block.query_pe()
+    assert pe.shape == (1, 1, 320)
+    assert torch.equal(pe[0, 0, :160], torch.zeros(160)) and torch.equal(pe[0, 0, 160:], torch.ones(160))
+
+
+def test_the_positional_encoding_layout_is_sin_x_sin_y_cos_x_cos_y():
+    freq = torch.tensor([[[1.0, 2.0, 4.0]]])
+    v = torch.tensor([[0.3, -0.7]])
+    pe = positional_encoding(v, freq)[0]
+    x, y = 0.3 * freq[0, 0], -0.7 * freq[0, 0]
+    assert torch.allclose(pe, torch.cat([x.sin(), y.sin(), x.cos(), y.cos()]))
+
+
+def test_the_frequency_buffer_stays_float32_when_the_block_is_cast():
+    block = CorrespondenceAttention(320).half()
+    assert block.pe.freq_bands.dtype == torch.float32
+    assert block.transformer.attn1.to_q.weight.dtype == torch.float16
+    assert torch.isfinite(block.pe.freq_bands).all()
+
+
+def test_with_the_official_zero_init_the_block_is_the_identity():
+    rig = pano_rig(8, 90, 64, 64)
+    block = random_block(320)
+    caa = CAASet([320], 320, [320])
+    caa.cp_blocks_encoder[0].load_state_dict(block.state_dict())
+    caa.zero_()
+    x = features(2, 8, 320, 8)
+    with torch.no_grad():
+        assert torch.equal(caa.cp_blocks_encoder[0](x, level_plan(rig, 8, 8)), x)
+
+
+def test_a_query_whose_keys_are_all_invalid_attends_only_to_the_norm1_bias_key():
+    rig = pano_rig(8, 90, 64, 64)
+    plan = build_level_plan(rig, 8, 8)
+    valid = plan.valid.clone()
+    valid[2, :, 3, 5] = False  # view 2, query pixel (x=5, y=3): every key invalid
+    plan = dataclasses.replace(plan, valid=valid)
+    block = random_block(320)
+    x = features(1, 8, 320, 8)
+    with torch.no_grad():
+        out = block(x, plan)
+        t = block.transformer
+        query = x[2, :, 3, 5]
+        # every key is the zero vector -> LayerNorm gives norm1.bias -> the value W_v @ bias; softmax is uniform
+        attended = t.attn1.to_out(t.attn1.to_v(t.norm1.bias)) + query
+        expected = t.ff(t.norm2(attended)) + attended
+    assert torch.allclose(out[2, :, 3, 5], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_two_cfg_halves_of_a_batch_never_mix():
+    rig = pano_rig(8, 90, 64, 64)
+    block = random_block(640)
+    x = features(2, 8, 640, 4)
+    x2 = x.clone()
+    x2[:8] = torch.randn(8, 640, 4, 4)
+    with torch.no_grad():
+        out, out2 = block(x, level_plan(rig, 4, 4)), block(x2, level_plan(rig, 4, 4))
+        alone = block(x[8:], level_plan(rig, 4, 4))
+    assert not torch.allclose(out[:8], out2[:8])
+    assert torch.equal(out[8:], out2[8:])
+    assert torch.allclose(out[8:], alone, atol=1e-5)
+
+
+def test_permuting_the_views_of_a_ring_rotates_the_output_the_same_way():
+    """Rolling the views by one equals rotating the rig by one step (low PE frequencies, so the float32
+    differences between the views' rotation matrices stay below the tolerance)."""
+    rig = pano_rig(8, 90, 128, 128)
+    block = random_block(320, freq_scale=1.0)
+    x = features(1, 8, 320, 16)
+    with torch.no_grad():
+        out = block(x, level_plan(rig, 16, 16))
+        rolled = block(torch.roll(x, shifts=1, dims=0), level_plan(rig, 16, 16))
+    assert torch.allclose(rolled, torch.roll(out, shifts=1, dims=0), atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(out, x, atol=1e-2)
+
+
+def test_the_positional_encoding_depends_on_the_exact_float32_displacement():
+    """Why the geometry must be float32 in the official order: one ulp moves the high-frequency channels."""
+    d = torch.tensor([[0.37, -1.21]], dtype=torch.float32)
+    nudged = torch.nextafter(d, torch.full_like(d, 10.0))
+    pe, pe2 = positional_encoding(d, frequency_bands(80)), positional_encoding(nudged, frequency_bands(80))
+    assert torch.allclose(pe[:, :10], pe2[:, :10], atol=1e-5)  # low frequencies: smooth
+    assert (pe[:, 70:80] - pe2[:, 70:80]).abs().max() > 0.1  # 2^70..2^79: unrelated values
+
+
+def test_one_pixel_feature_maps_give_finite_values_and_sample_that_pixel():
+    rig = pano_rig(8, 90, 64, 64)
+    plan = level_plan(rig, 1, 1)
+    assert plan.sample_weight is not None and (plan.sample_weight >= 0).all() and (plan.sample_weight <= 1).all()
+    block = random_block(1280)
+    x = features(2, 8, 1280, 1)
+    with torch.no_grad():
+        out = block(x, plan)
+    assert torch.isfinite(out).all()
+    # sampling a 1x1 map is bilinear interpolation with zero padding: the pixel times max(0, 1 - |p|) per axis
+    sampled = F.grid_sample(x[:1], torch.zeros(1, 1, 1, 2), align_corners=True)
+    assert torch.equal(sampled, x[:1])
+
+
+def test_feature_maps_of_the_wrong_size_or_view_count_are_refused():
+    rig = pano_rig(8, 90, 64, 64)
+    block = random_block(320)
+    with pytest.raises(ValueError, match="not a multiple of the rig's 8 views"):
+        block(features(1, 5, 320, 8)[:5], level_plan(rig, 8, 8))
+    with pytest.raises(ValueError, match="plan is for 8x8"):
+        block(features(1, 8, 320, 4), level_plan(rig, 8, 8))
+    with pytest.raises(ValueError, match="width 320 got 640-channel"):
+        block(features(1, 8, 640, 8), level_plan(rig, 8, 8))

@@ -1,0 +1,116 @@
+"""The fast CAA path equals the reference block (the oracle) at every SD2 level."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_mvdiffusion.caa.block import CorrespondenceAttention
+from comfyui_mvdiffusion.caa.fast import bytes_per_query, fast_forward, fold_weights, tap_plan
+from comfyui_mvdiffusion.geometry import level_plan, pano_rig, unet_level_sizes
+
+
+def random_block(dim: int, seed: int = 0) -> CorrespondenceAttention:
+    gen = torch.Generator().manual_seed(seed)
+    block = CorrespondenceAttention(dim).eval()
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
+            elif "norm" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+    return block
+
+
+def features(n: int, dim: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, dim, size, size, generator=torch.Generator().manual_seed(seed)) * 2 + 0.3
+
+
+def relative_error(fast, ref, x):
+    """max |fast - ref| relative to the scale of the block's output change."""
+    return float((fast - ref).abs().max() / (ref - x).abs().max())
+
+
+# SD2 at 512 px: the encoder/decoder widths at the four levels (64, 32, 16, 8)
+SD2_LEVELS = [(320, 0), (640, 1), (1280, 2), (1280, 3)]
+
+
+@pytest.mark.parametrize("width,level", SD2_LEVELS)
+def test_fast_equals_the_reference_at_every_sd2_level_at_512px(width, level):
+    rig = pano_rig(8, 90, 512, 512)
+    h, w = unet_level_sizes(512, 512)[level]
+    plan = level_plan(rig, h, w)
+    block = random_block(width, seed=level)
+    x = features(8, width, h, seed=level)
+    with torch.no_grad():
+        ref = block(x, plan)
+        fast = fast_forward(block, x, plan)
+    assert relative_error(fast, ref, x) <= 1e-4
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_fast_equals_the_reference_on_small_views_down_to_one_pixel_maps(size):
+    rig = pano_rig(8, 90, size, size)
+    for level, (h, w) in enumerate(unet_level_sizes(size, size)):
+        width = [320, 640, 1280, 1280][level]
+        plan = level_plan(rig, h, w)
+        block = random_block(width, seed=level)
+        x = features(16, width, h, seed=level)
+        with torch.no_grad():
+            ref = block(x, plan)
+            fast = fast_forward(block, x, plan)
+        assert torch.isfinite(fast).all()
+        assert relative_error(fast, ref, x) <= 1e-4, (size, level)
+
+
+def test_small_chunks_give_the_same_result_as_one_chunk():
+    rig = pano_rig(8, 90, 128, 128)
+    plan = level_plan(rig, 16, 16)
+    block = random_block(320)
+    x = features(16, 320, 16)
+    one_chunk = 10 * 16 * 8 * 16 * 16 * bytes_per_query(320, 18, 4)
+    with torch.no_grad():
+        whole = fast_forward(block, x, plan, max_bytes=one_chunk)
+        chunked = fast_forward(block, x, plan, max_bytes=bytes_per_query(320, 18, 4) * 100)
+    assert torch.allclose(chunked, whole, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_stays_close_to_float32(dtype):
+    rig = pano_rig(8, 90, 128, 128)
+    block = random_block(640)
+    x = features(16, 640, 8)
+    with torch.no_grad():
+        ref = block(x, level_plan(rig, 8, 8))
+        half = block.to(dtype)
+        out = fast_forward(half, x.to(dtype), level_plan(rig, 8, 8, None, dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert relative_error(out.float(), ref, x) < 0.05
+
+
+def test_the_taps_reproduce_grid_sample():
+    """4-tap bilinear weights from the plan equal grid_sample(align_corners=True, zeros padding)."""
+    rig = pano_rig(8, 90, 128, 128)
+    plan = level_plan(rig, 16, 16)
+    taps = tap_plan(plan)
+    x = features(8, 4, 16)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 4)
+    sampled = sum(taps.weight[..., t, None] * rows[taps.index[..., t]] for t in range(4))  # (m h w, K, C)
+    from comfyui_mvdiffusion.caa.block import sample_keys
+
+    reference = sample_keys(x, plan)[0]  # (m, K, C, h, w)
+    reference = reference.permute(0, 3, 4, 1, 2).reshape(-1, 18, 4)
+    assert torch.allclose(sampled, reference, atol=1e-5)
+
+
+def test_folded_weights_are_norm1_folded_into_the_key_and_value_projections():
+    block = random_block(320)
+    folded = fold_weights(block, torch.device("cpu"), torch.float32)
+    t = block.transformer
+    n = torch.randn(5, 320)
+    normed = t.norm1(n)
+    k = t.attn1.to_k(normed).reshape(5, 10, 32)
+    mu, var = n.mean(-1, keepdim=True), n.var(-1, unbiased=False, keepdim=True)
+    via_fold = torch.einsum("hdc,nc->nhd", folded.wk, (n - mu) / torch.sqrt(var + folded.eps)) + folded.bk
+    assert torch.allclose(via_fold, k, atol=1e-5)

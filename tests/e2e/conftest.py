@@ -1,0 +1,35 @@
+"""A real ComfyUI server (main.py, 127.0.0.1, free port) with this pack installed, for the whole session."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import comfy_host  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("server_base")
+    server = comfy_host.ComfyServer(base, root=comfy_root)
+    try:
+        server.start()
+    except Exception as e:  # noqa: BLE001 - report the host's own log
+        pytest.fail(f"the ComfyUI server did not start: {e}", pytrace=False)
+    yield server
+    server.stop()
+
+
+def install(server, src: Path, folder: str, name: str | None = None) -> str:
+    """Link a model file into the server's models/<folder>; returns the name the loaders list."""
+    dst = server.base / "models" / folder / (name or src.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        try:
+            dst.symlink_to(src)
+        except OSError:
+            shutil.copy(src, dst)
+    return dst.name

@@ -1,0 +1,95 @@
+"""Fixtures for node tests in the in-process host: random-weight SD2 model, CAA weights, 64-px cameras, and
+``graph``: small functions that run nodes the way the executor does."""
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import random_weights  # noqa: E402
+
+SIZE = 64  # view size in pixels: latents of 8x8, UNet levels 8, 4, 2, 1
+
+
+def _run(comfy, node_id: str, **inputs):
+    """Execute one of our V3 nodes the way the executor does (classmethod ``execute``) -> result tuple."""
+    return comfy.mvd_nodes[node_id].execute(**inputs).result
+
+
+def install_model(comfy, src: Path, folder: str, name: str | None = None) -> str:
+    """Link a model file into the in-process host's models/<folder>; returns its name there."""
+    name = name or src.name
+    dst = Path(comfy.folder_paths.get_folder_paths(folder)[0]) / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        try:
+            dst.symlink_to(src)
+        except OSError:
+            shutil.copy(src, dst)
+    return name
+
+
+@pytest.fixture(scope="session")
+def sd2(comfy, cache_dir):
+    """The random SD2 test checkpoint loaded by ComfyUI's own CheckpointLoaderSimple: model, clip, vae."""
+    name = install_model(comfy, random_weights.sd2_checkpoint(cache_dir), "checkpoints")
+    model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+    return types.SimpleNamespace(model=model, clip=clip, vae=vae, name=name)
+
+
+@pytest.fixture(scope="session")
+def caa(comfy, cache_dir):
+    """Random CAA weights for the test UNet, loaded by our Load CAA Weights node."""
+    name = install_model(comfy, random_weights.caa_weights(cache_dir), "mvdiffusion")
+    (weights,) = _run(comfy, "MVDiffusionCAALoader", caa_name=name)
+    return weights
+
+
+@pytest.fixture(scope="session")
+def cameras(comfy):
+    (rig,) = _run(comfy, "MVDiffusionPanoramaCameras", views=8, fov=90.0, pitch=0.0, width=SIZE, height=SIZE,
+                 yaw_offset=0.0)
+    return rig
+
+
+@pytest.fixture(scope="session")
+def prompts(comfy, sd2, cameras):
+    """positive (one prompt for all views) and negative (empty) conditioning."""
+    (pos,) = _run(comfy, "MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text="a cosy kitchen")
+    (neg,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "")
+    return types.SimpleNamespace(pos=pos, neg=neg)
+
+
+@pytest.fixture(scope="session")
+def graph(comfy):
+    """run(node_id, **inputs) -> result tuple; latent(cameras, scenes) -> LATENT; ksample(model, pos, neg, lat,
+    ...) -> samples with the host's KSampler node; max_rel(a, b)."""
+
+    def latent(cameras, scenes: int = 1) -> dict:
+        return _run(comfy, "MVDiffusionEmptyLatent", cameras=cameras, scenes=scenes)[0]
+
+    def ksample(model, pos, neg, lat, seed=0, steps=2, cfg=5.0, sampler="euler", scheduler="normal"):
+        (out,) = comfy.nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, lat,
+                                               denoise=1.0)
+        return out["samples"]
+
+    def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max() / b.abs().max())
+
+    return types.SimpleNamespace(run=lambda node_id, **inputs: _run(comfy, node_id, **inputs), latent=latent,
+                                 ksample=ksample, max_rel=max_rel)
+
+
+@pytest.fixture
+def zero_caa(comfy, caa):
+    """A copy of the CAA weights with the official zero init of the output layers (every block = identity)."""
+    nodes_pkg = sys.modules[f"{comfy.pack.__name__}.nodes.caa_weights"]
+    state = {k: v.clone() for k, v in caa.caa.state_dict().items()}
+    weights = nodes_pkg.CAAWeights(state, dict(caa.info))
+    weights.caa.zero_()
+    return weights
