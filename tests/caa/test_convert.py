@@ -1,0 +1,144 @@
+"""The converter CLI: official checkpoint -> this pack's CAA .safetensors (no ComfyUI)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import random_weights as rw  # noqa: E402
+
+from comfyui_mvdiffusion.caa import checkpoint as ck  # noqa: E402
+from comfyui_mvdiffusion.caa import convert  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_WIDTHS = {"encoder": [64, 128, 256, 256], "mid": 256, "decoder": [256, 256, 128, 64]}
+EXTRA = ("mv_base_model.unet.conv_in.weight", "mv_base_model.unet.conv_out.weight", "vae.encoder.conv_in.weight",
+         "vae.decoder.conv_out.weight", "text_encoder.text_model.final_layer_norm.weight",
+         "text_encoder.text_model.embeddings.position_ids")
+
+
+def small_official(tmp_path: Path, name: str = "pano.ckpt") -> tuple[Path, dict]:
+    """A pano checkpoint in the official layout: all CAA blocks (64-px-channel UNet widths), the UNet level
+    shapes, and some UNet/VAE/text-encoder tensors that the conversion must leave out."""
+    def select(k):
+        return (k.startswith("mv_base_model.cp_blocks_") or k in EXTRA
+                or (k.startswith("mv_base_model.unet.") and k.endswith("conv2.weight") and ".resnets." in k))
+    sd = rw.official_state_dict("pano", select=select, model_channels=64)
+    return rw.save_lightning_checkpoint(tmp_path / name, sd, "pano"), sd
+
+
+def caa_of(sd: dict) -> dict:
+    return {k[len("mv_base_model."):]: v for k, v in sd.items() if k.startswith("mv_base_model.cp_blocks_")}
+
+
+def test_default_output_is_next_to_the_input_in_fp16_and_the_cli_prints_count_and_size(tmp_path, capsys):
+    src, sd = small_official(tmp_path)
+    assert convert.main([str(src)]) == 0
+    out = tmp_path / "pano.caa.safetensors"
+    assert out.is_file()
+    printed = capsys.readouterr().out
+    params = sum(v.numel() for k, v in caa_of(sd).items() if not k.endswith("freq_bands"))
+    assert f"{params:,} parameters" in printed and f"{out.stat().st_size:,} bytes" in printed
+    assert str(out) in printed and "fp16" in printed
+    with safe_open(str(out), framework="pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+        dtypes = {k: f.get_tensor(k).dtype for k in keys}
+    assert keys == set(caa_of(sd))  # only the CAA blocks: no UNet, VAE or text-encoder weights
+    assert meta["format"] == "comfyui-mvdiffusion.caa" and meta["format_version"] == "1"
+    assert meta["model_kind"] == "pano" and meta["source"] == "pano.ckpt"
+    assert all(dt == (torch.float32 if k.endswith("pe.freq_bands") else torch.float16) for k, dt in dtypes.items())
+
+
+def test_fp32_conversion_round_trips_exactly_and_fp16_to_the_fp16_rounding(tmp_path):
+    src, sd = small_official(tmp_path)
+    expected = caa_of(sd)
+    for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+        out = tmp_path / f"caa_{name}.safetensors"
+        assert convert.main([str(src), "-o", str(out), "--dtype", name]) == 0
+        loaded, info = ck.load_caa_state_dict(out)
+        assert info["widths"] == SMALL_WIDTHS and info["kind"] == "pano"
+        for k, v in expected.items():
+            if k.endswith("pe.freq_bands"):
+                assert loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v)
+            else:
+                assert torch.equal(loaded[k], v.to(dtype)), k
+        caa, _ = ck.load_caa(out, dtype=torch.float32)
+        assert caa.widths == SMALL_WIDTHS
+
+
+def test_an_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path, capsys):
+    src, _ = small_official(tmp_path)
+    out = tmp_path / "pano.caa.safetensors"
+    out.write_bytes(b"keep me")
+    assert convert.main([str(src)]) == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "--force" in err
+    assert out.read_bytes() == b"keep me"
+    assert convert.main([str(src), "--force"]) == 0
+    assert ck.load_caa_state_dict(out)[1]["kind"] == "pano"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.caa.safetensors", "pano.ckpt"]  # no temp left
+
+
+def test_the_input_is_never_overwritten_even_with_force(tmp_path, capsys):
+    src, _ = small_official(tmp_path)
+    first = tmp_path / "caa.safetensors"
+    assert convert.main([str(src), "-o", str(first)]) == 0
+    before = first.read_bytes()
+    assert convert.main([str(first), "-o", str(first), "--force"]) == 1
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert first.read_bytes() == before
+
+
+def test_converting_our_own_file_again_changes_only_the_dtype(tmp_path):
+    src, sd = small_official(tmp_path)
+    fp32 = tmp_path / "a.safetensors"
+    assert convert.main([str(src), "-o", str(fp32), "--dtype", "fp32"]) == 0
+    half = tmp_path / "b.safetensors"
+    assert convert.main([str(fp32), "-o", str(half)]) == 0
+    loaded, info = ck.load_caa_state_dict(half)
+    assert info["source"] == "pano.ckpt" and info["dtype"] == "float16"
+    assert all(torch.equal(loaded[k], v if k.endswith("freq_bands") else v.half()) for k, v in caa_of(sd).items())
+
+
+def test_bad_input_fails_with_the_files_name_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "pano.ckpt"
+    bad.write_text('{"not": "a checkpoint"}')
+    assert convert.main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "JSON" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.ckpt"]
+    sd2 = tmp_path / "sd2.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3)}}, sd2)
+    assert convert.main([str(sd2)]) == 1
+    assert "no CAA keys" in capsys.readouterr().err
+    assert not (tmp_path / "sd2.caa.safetensors").exists()
+
+
+def test_the_output_must_be_safetensors(tmp_path, capsys):
+    src, _ = small_official(tmp_path)
+    assert convert.main([str(src), "-o", str(tmp_path / "x.ckpt")]) == 1
+    assert ".safetensors" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_converter_when_the_pack_is_importable(tmp_path):
+    src, sd = small_official(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "comfyui_mvdiffusion").symlink_to(ROOT, target_is_directory=True)  # as pip installs it
+    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH",)}
+    env["PYTHONPATH"] = str(site)
+    cmd = [sys.executable, "-m", "comfyui_mvdiffusion.caa.convert", str(src), "--dtype", "fp32"]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "pano.caa.safetensors"
+    assert str(out) in run.stdout
+    loaded, _ = ck.load_caa_state_dict(out)
+    assert all(torch.equal(loaded[k], v) for k, v in caa_of(sd).items())
+    help_run = subprocess.run([sys.executable, "-m", "comfyui_mvdiffusion.caa.convert", "--help"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--dtype" in help_run.stdout and "--force" in help_run.stdout
