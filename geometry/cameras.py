@@ -154,6 +154,7 @@ def rig_cameras(yaws_deg, pitches_deg, fovs_deg, height: int, width: int, neighb
                          f"{len(yaws)}, {len(pitches)}, {len(fovs)}")
     if len(yaws) < 2:
         raise ValueError(f"a rig needs at least 2 views, got {len(yaws)}")
+    _check_size(height, width)
     if neighbours is None:
         from .correspondences import overlap_neighbours
 
@@ -168,6 +169,7 @@ def pano_rig(num_views: int = 8, fov_deg: float = 90.0, height: int = 512, width
     """The official panorama rig: m views at yaw ``offset + 360/m * i``, one pitch and fov, ring neighbours."""
     if int(num_views) != num_views or num_views < 2:
         raise ValueError(f"a panorama rig needs at least 2 views, got {num_views}")
+    _check_size(height, width)
     m = int(num_views)
     yaws = tuple((yaw_offset_deg + 360.0 * i / m) % 360.0 for i in range(m))
     return Rig(yaws, (float(pitch_deg),) * m, (float(fov_deg),) * m, int(height), int(width), ring_neighbours(m))

@@ -79,7 +79,7 @@ def overlap_fraction(K: torch.Tensor, R: torch.Tensor, height: int, width: int, 
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     pix = torch.stack([gx, gy, torch.ones_like(gx)]).reshape(3, -1)
     rays = R64 @ torch.inverse(K64) @ pix  # (m, 3, N) world directions of view i's pixels
-    cam = torch.einsum("jba,ian->ijbn", R64, rays)  # R_j^T @ ray: (i, j, 3, N) in view j's camera frame
+    cam = torch.einsum("jab,ian->ijbn", R64, rays)  # R_j^T @ ray: (i, j, 3, N) in view j's camera frame
     uvw = torch.einsum("jab,ijbn->ijan", K64, cam)
     z = uvw[:, :, 2]
     u, v = uvw[:, :, 0] / z, uvw[:, :, 1] / z
