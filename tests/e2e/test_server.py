@@ -14,7 +14,7 @@ def declared(schema):
 
 def test_every_node_of_the_pack_is_in_object_info_with_its_declared_inputs_and_outputs(comfy, comfy_server):
     info = comfy_server.object_info()
-    pack_nodes = comfy.pack.nodes.NODES
+    pack_nodes = comfy.module("nodes").NODES
     assert len(pack_nodes) >= 9
     for node in pack_nodes:
         schema = node.define_schema()

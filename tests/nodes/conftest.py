@@ -88,7 +88,7 @@ def graph(comfy):
 @pytest.fixture
 def zero_caa(comfy, caa):
     """A copy of the CAA weights with the official zero init of the output layers (every block = identity)."""
-    nodes_pkg = sys.modules[f"{comfy.pack.__name__}.nodes.caa_weights"]
+    nodes_pkg = comfy.module("nodes.caa_weights")
     state = {k: v.clone() for k, v in caa.caa.state_dict().items()}
     weights = nodes_pkg.CAAWeights(state, dict(caa.info))
     weights.caa.zero_()

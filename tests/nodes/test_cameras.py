@@ -10,7 +10,7 @@ pytestmark = pytest.mark.host
 def test_the_default_cameras_are_the_official_rig(comfy, graph):
     (rig,) = graph.run("MVDiffusionPanoramaCameras", views=8, fov=90.0, pitch=0.0, width=512, height=512,
                        yaw_offset=0.0)
-    K, R = comfy.pack.geometry.pano_cameras()
+    K, R = comfy.module("geometry").pano_cameras()
     assert torch.equal(rig.K, K) and torch.equal(rig.R, R)
     assert rig.neighbours[0] == (7, 1)
 

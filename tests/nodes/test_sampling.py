@@ -62,7 +62,7 @@ def test_mvdiffusion_ksampler_equals_apply_then_the_hosts_ksampler(graph, sd2, c
 
 
 def test_fast_and_reference_attention_sample_the_same_views(comfy, graph, sd2, caa, cameras, prompts):
-    patch = comfy.pack.caa.patch
+    patch = comfy.module("caa.patch")
     lat = graph.latent(cameras)
     fast = graph.ksample(patch.patch_model(sd2.model, caa.caa, cameras, caa.patcher, "fast"),
                          prompts.pos, prompts.neg, lat)
@@ -115,7 +115,9 @@ def test_cond_and_uncond_in_separate_calls_give_the_batched_result(comfy, graph,
         return real_forward(x, *args, **kwargs)
 
     monkeypatch.setattr(diffusion_model, "forward", counting_forward)
-    monkeypatch.setattr(comfy.mm, "get_free_memory", lambda *a, **k: model.model.memory_required([12, 4, 8, 8]))
+    free = model.model.memory_required([12, 4, 8, 8])  # room for one chunk of 8 views, not for two
+    monkeypatch.setattr(comfy.mm, "get_free_memory",
+                        lambda dev=None, torch_free_too=False: (free, free) if torch_free_too else free)
     separate = graph.ksample(model, prompts.pos, prompts.neg, lat)
     assert calls and set(calls) == {8}, calls
     assert graph.max_rel(separate, together) < 1e-5
@@ -205,15 +207,19 @@ def test_area_conditioning_is_refused(comfy, graph, sd2, caa, cameras, prompts):
 
 def test_context_windows_over_the_batch_are_refused(comfy, graph, sd2, caa, cameras, prompts):
     windows = comfy.nodes.NODE_CLASS_MAPPINGS["ContextWindowsManual"]
-    (model,) = windows.execute(apply(graph, sd2.model, caa, cameras), 4, 1, "static_standard", 1, False,
-                               "pyramid", 0).result
+    inputs = {}  # the node's defaults (its inputs differ between ComfyUI versions), windows of 4 over the batch
+    for spec in windows.define_schema().inputs:
+        default = getattr(spec, "default", None)
+        inputs[spec.id] = default if default is not None else (getattr(spec, "options", None) or [None])[0]
+    inputs.update(model=apply(graph, sd2.model, caa, cameras), context_length=4, context_overlap=1, dim=0)
+    (model,) = windows.execute(**inputs).result
     with pytest.raises(ValueError, match="context windows"):
         graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras))
 
 
 def test_caa_weights_of_other_widths_are_refused_naming_the_node(comfy, graph, sd2, cameras):
-    weights_cls = comfy.pack.nodes.caa_weights.CAAWeights
-    sd2_widths = comfy.pack.caa.blockset.CAASet().state_dict()
+    weights_cls = comfy.module("nodes.caa_weights").CAAWeights
+    sd2_widths = comfy.module("caa.blockset").CAASet().state_dict()
     with pytest.raises(ValueError, match="Apply MVDiffusion: the CAA weights do not fit this model's UNet"):
         apply(graph, sd2.model, weights_cls(sd2_widths, {"source": "sd2 layout"}), cameras)
 
