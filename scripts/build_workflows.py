@@ -67,7 +67,7 @@ def text_to_panorama_sd2(info: dict) -> dict:
     pos = g.add("MVDiffusionPanoramaPrompts", (420, 40), size=(460, 260), title="Per-view prompts (view 0 first)",
                 clip=ckpt.out(1), cameras=cams.out(0), text=PER_VIEW)
     neg = g.add("CLIPTextEncode", (420, 330), size=(400, 110), title="Negative prompt", clip=ckpt.out(1), text="")
-    latent = g.add("MVDiffusionEmptyLatent", (420, 600), cameras=cams.out(0), scenes=1)
+    latent = g.add("MVDiffusionEmptyLatent", (420, 650), cameras=cams.out(0), scenes=1)
     sampled = g.add("KSampler", (920, 60), size=(320, 320), model=model.out(0), positive=pos.out(0),
                     negative=neg.out(0), latent_image=latent.out(0), seed=0, steps=50, cfg=9.0, sampler_name="ddim",
                     scheduler="ddim_uniform", denoise=1.0)
@@ -75,10 +75,10 @@ def text_to_panorama_sd2(info: dict) -> dict:
     pano = g.add("MVDiffusionEquirectStitch", (1280, 180), images=views.out(0), cameras=cams.out(0), width=4096,
                  height=2048, blend="feather")
     g.add("SaveImage", (1620, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/panorama_sd2")
-    g.note((40, 500), "SD2-base (512-base-ema.safetensors) in models/checkpoints/, and the CAA weights converted from "
+    g.note((40, 620), "SD2-base (512-base-ema.safetensors) in models/checkpoints/, and the CAA weights converted from "
                       "pano.ckpt (python -m comfyui_mvdiffusion.caa.convert pano.ckpt) in models/mvdiffusion/. "
                       "Apply MVDiffusion patches the model, so LoRAs and ControlNets on it keep working and any "
-                      "sampler samples the 8 views together.")
+                      "sampler samples the 8 views together.", size=(330, 200))
     return g.to_ui()
 
 

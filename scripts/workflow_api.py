@@ -140,10 +140,18 @@ class UIGraph:
                            "order": node_id - 1, "mode": 0, "inputs": [], "outputs": [],
                            "properties": {"text": ""}, "widgets_values": [text]})
 
-    def to_ui(self) -> dict:
+    def to_ui(self, viewport=(1920, 1080), margin=(90, 110)) -> dict:
+        """The workflow, with a view (``extra.ds``) that frames every node in a ``viewport``-sized canvas."""
+        x0 = min(n["pos"][0] for n in self.nodes)
+        y0 = min(n["pos"][1] for n in self.nodes)
+        x1 = max(n["pos"][0] + n["size"][0] for n in self.nodes)
+        y1 = max(n["pos"][1] + n["size"][1] for n in self.nodes)
+        scale = min(1.0, (viewport[0] - 2 * margin[0]) / (x1 - x0), (viewport[1] - 2 * margin[1]) / (y1 - y0))
+        scale = round(scale, 3)
+        offset = [round(margin[0] / scale - x0, 1), round(margin[1] / scale - y0, 1)]  # screen = (pos + offset) * scale
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+                "extra": {"ds": {"scale": scale, "offset": offset}}, "version": 0.4}
 
 
 class Output:

@@ -23,7 +23,12 @@ def comfy_server(comfy_root, tmp_path_factory):
     server.stop()
 
 
-def install(server, src: Path, folder: str, name: str | None = None) -> str:
+@pytest.fixture(scope="session")
+def install():
+    return install_model
+
+
+def install_model(server, src: Path, folder: str, name: str | None = None) -> str:
     """Link a model file into the server's models/<folder>; returns the name the loaders list."""
     dst = server.base / "models" / folder / (name or src.name)
     dst.parent.mkdir(parents=True, exist_ok=True)
