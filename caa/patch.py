@@ -11,6 +11,9 @@ touched, and everything it adds lives in that clone:
   dispatch still holds; ComfyUI puts the original back when the clone is unloaded;
 * an ``outer_sample`` wrapper that validates the run before sampling starts (view count, latent size, and
   what would split or crop the views: area conditioning, context windows over the batch, multi-GPU);
+* an ``on_clone`` callback: a clone normally shares the UNet, but where the host clones onto ANOTHER UNet
+  instance (newer ComfyUI: multi-GPU copies, non-dynamic delegates), the layer copies are rebuilt from that
+  UNet's own layers instead of grafting this one's into it;
 * a ``prepare_sampling`` wrapper that adds CAA's working memory to ComfyUI's ``memory_required`` estimate
   (the noise shape it passes on only feeds that estimate: it is enlarged by as many latent rows as CAA needs);
 * the CAA weights' own ModelPatcher (when given) through the patch object's ``models()``, so ComfyUI's model
@@ -37,6 +40,7 @@ __all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "wrap_layer", "unw
 WRAPPER_KEY = "mvdiffusion"
 OUTER_SAMPLE = "outer_sample"  # comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
 PREPARE_SAMPLING = "prepare_sampling"  # comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING
+ON_CLONE = "on_clone"  # comfy.patcher_extension.CallbacksMP.ON_CLONE
 VAE_FACTOR = 8
 # working memory of the fast path's query chunks (less when the device has less free memory)
 CAA_WORK_BYTES = 512 << 20
@@ -162,6 +166,24 @@ class MultiViewPatch:
     def hook(self, site: Site):
         return functools.partial(self.run, site)
 
+    def apply_layer_patches(self, patcher, own_layers: bool = False) -> None:
+        """Object-patch ``patcher`` with layer copies that run the mid/decoder blocks.
+
+        The copied layer is the patcher's current object (its own object patch if it has one, so patches of
+        other packs on the same layer are kept), or with ``own_layers`` the layer of the patcher's UNet itself.
+        """
+        for site in self.sites:
+            if site.hook == "after_input_block":
+                continue
+            layer = _module_at(patcher.model, site.target) if own_layers else patcher.get_model_object(site.target)
+            position = "after" if site.hook == "after_layer" else "before"
+            patcher.add_object_patch(site.target, wrap_layer(layer, self.hook(site), position))
+
+    def on_clone(self, source, clone) -> None:
+        """ComfyUI's ON_CLONE callback: when the clone holds another UNet instance, rebuild the layer copies."""
+        if getattr(clone, "model", None) is not getattr(source, "model", None):
+            self.apply_layer_patches(clone, own_layers=True)
+
     # ---- memory estimate (prepare_sampling wrapper) ----
     def extra_memory(self, latent_batch: int, element_size: int) -> int:
         """Bytes CAA needs on top of the UNet for a latent batch (cond and uncond): the fast path's copies of
@@ -181,10 +203,10 @@ class MultiViewPatch:
     def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
         guider = getattr(executor, "class_obj", None)
         self.validate(tuple(latent_image.shape), getattr(guider, "conds", None) or {},
-                      getattr(guider, "model_options", None) or {})
+                      getattr(guider, "model_options", None) or {}, getattr(guider, "model_patcher", None))
         return executor(noise, latent_image, *args, **kwargs)
 
-    def validate(self, latent_shape: tuple, conds: dict, model_options: dict) -> None:
+    def validate(self, latent_shape: tuple, conds: dict, model_options: dict, model_patcher=None) -> None:
         m = self.rig.num_views
         if len(latent_shape) != 4:
             raise MultiViewError(f"expected an image latent (batch, channels, height, width), got shape {latent_shape}")
@@ -207,7 +229,8 @@ class MultiViewPatch:
         if model_options.get("context_handler") is not None:
             raise MultiViewError("context windows split the batch of views; remove the context-windows node from "
                                  "this model")
-        if model_options.get("multigpu_clones"):
+        multigpu = getattr(model_patcher, "get_additional_models_with_key", lambda key: [])("multigpu")
+        if model_options.get("multigpu_clones") or model_options.get("multigpu_options") or multigpu:
             raise MultiViewError("multi-GPU splitting would send the views of one scene to different GPUs; "
                                  "sample MVDiffusion on one GPU")
 
@@ -217,6 +240,10 @@ class MultiViewPatch:
 
     def to(self, device_or_dtype):
         return self
+
+    def cleanup(self) -> None:
+        """Called by the host after sampling: drop the folded weights (rebuilt on the next run)."""
+        self._folded.clear()
 
     def __deepcopy__(self, memo):
         # ComfyUI 0.3.x deep-copies model_options on clone: share this (immutable) patch instead of copying
@@ -239,13 +266,17 @@ def patch_model(model_patcher, caa, rig: Rig, weights=None, implementation: str 
     previous = patches.get("input_block_patch_after_skip", [])
     patches["input_block_patch_after_skip"] = [p for p in previous if not isinstance(p, MultiViewPatch)]
     clone.set_model_input_block_patch_after_skip(patch)
-    for site in sites:
-        if site.hook == "after_input_block":
-            continue
-        layer = clone.get_model_object(site.target)
-        position = "after" if site.hook == "after_layer" else "before"
-        clone.add_object_patch(site.target, wrap_layer(layer, patch.hook(site), position))
+    patch.apply_layer_patches(clone)
     for kind, wrapper in ((OUTER_SAMPLE, patch.outer_sample), (PREPARE_SAMPLING, patch.prepare_sampling)):
         clone.remove_wrappers_with_key(kind, WRAPPER_KEY)
         clone.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+    clone.remove_callbacks_with_key(ON_CLONE, WRAPPER_KEY)
+    clone.add_callback_with_key(ON_CLONE, WRAPPER_KEY, patch.on_clone)
     return clone
+
+
+def _module_at(root, path: str):
+    """The submodule at a dotted ``path`` of ``root`` (e.g. "diffusion_model.output_blocks.2.2")."""
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root

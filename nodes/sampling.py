@@ -13,8 +13,9 @@ from .io_types import CATEGORY, CAA, Cameras
 def apply_mvdiffusion(node: str, model, caa, cameras):
     """A patched clone of ``model`` (the input MODEL is left untouched); errors name ``node``."""
     try:
-        return patch_model(model, caa.caa, cameras, weights=caa.patcher,
-                           free_memory=comfy.model_management.get_free_memory)
+        # newer hosts: the patcher's estimate also counts memory a dynamic-VRAM allocator can reclaim
+        free_memory = getattr(model, "get_free_memory", None) or comfy.model_management.get_free_memory
+        return patch_model(model, caa.caa, cameras, weights=caa.patcher, free_memory=free_memory)
     except ValueError as e:
         raise node_error(node, e) from None
 

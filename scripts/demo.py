@@ -26,7 +26,7 @@ REPO = comfy_host.REPO
 MODELS = REPO / "models"
 OUTPUT = REPO / "output"
 WORKFLOW = REPO / "workflows" / "text_to_panorama.json"
-OFFICIAL = "https://github.com/Tangshitao/MVDiffusion#weights"
+OFFICIAL = "https://github.com/Tangshitao/MVDiffusion#model-zoo"
 PANO_DROPBOX = "https://www.dropbox.com/scl/fi/yx9e0lj4fwtm9xh2wlhhg/pano.ckpt?rlkey=kowqygw7vt64r3maijk8klfl0&dl=0"
 
 
@@ -51,7 +51,7 @@ def prepare_random_models(base_models: Path) -> None:
 
     print("[demo] DEMO_RANDOM_WEIGHTS=1: synthesising a random checkpoint in the official pano.ckpt layout "
           "(about 5 GB, once; cached)", flush=True)
-    ckpt = random_weights.official_checkpoint(comfy_host.cache_dir() / "demo-models", kind="pano")
+    ckpt = random_weights.official_checkpoint(random_weights.models_dir(), kind="pano")
     target = base_models / "mvdiffusion" / "pano.ckpt"
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or target.exists():

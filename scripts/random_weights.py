@@ -23,6 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_host  # noqa: E402
 
 VERSION = 1
+
+
+def models_dir() -> Path:
+    """Where random models are cached (shared by the tests and the demo: each is built once)."""
+    return comfy_host.cache_dir() / "test-models"
 # the shallow SD2-like UNet of the tests: 4 levels like SD2 (so 64-px views reach a 1x1 deepest level)
 TEST_UNET = dict(channel_mult=[1, 1, 2, 2], num_res_blocks=[1, 1, 1, 1], transformer_depth=[1, 1, 1, 0])
 
@@ -474,7 +479,7 @@ def official_checkpoint(out_dir: Path, kind: str = "pano", seed: int = 0, model_
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["sd2", "caa"])
-    parser.add_argument("--out", type=Path, default=comfy_host.cache_dir() / "test-models")
+    parser.add_argument("--out", type=Path, default=models_dir())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

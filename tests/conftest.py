@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import comfy_host  # noqa: E402
+import random_weights  # noqa: E402
 
 PACK = comfy_host.PACK_MODULE
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
@@ -79,6 +80,6 @@ def comfy(comfy_root, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    path = comfy_host.cache_dir() / "test-models"
+    path = random_weights.models_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -241,3 +241,42 @@ def test_the_multiview_ksampler_reports_progress_and_stops_on_interrupt(comfy, g
     finally:
         comfy.mm.interrupt_current_processing(False)
         utils.set_progress_bar_global_hook(None)
+
+
+def test_multi_gpu_splitting_is_refused_before_sampling(graph, sd2, caa, cameras, prompts):
+    model = apply(graph, sd2.model, caa, cameras)
+    model.set_additional_models("multigpu", [sd2.model.clone()])  # what MultiGPU nodes attach (newer hosts)
+    with pytest.raises(ValueError, match="multi-GPU splitting would send the views of one scene"):
+        graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras))
+
+
+def test_a_clone_onto_another_unet_instance_runs_caa_on_that_unets_own_layers(comfy, graph, sd2, caa, cameras,
+                                                                             prompts):
+    """Newer hosts clone a patched MODEL onto a freshly loaded UNet (multi-GPU copies, non-dynamic delegates)
+    and copy its object patches: the ON_CLONE callback must rebuild them from the new UNet's layers."""
+    import copy
+
+    patch_module = comfy.module("caa.patch")
+    model = apply(graph, sd2.model, caa, cameras)
+    other = comfy.comfy.model_patcher.ModelPatcher(copy.deepcopy(sd2.model.model), load_device=sd2.model.load_device,
+                                                   offload_device=sd2.model.offload_device)
+    other.object_patches = dict(model.object_patches)
+    other.model_options = copy.copy(model.model_options)
+    other.wrappers, other.callbacks = model.wrappers, model.callbacks
+    for callback in model.get_all_callbacks("on_clone"):
+        callback(model, other)
+    assert set(other.object_patches) == set(model.object_patches)
+    for target, layer in other.object_patches.items():
+        assert patch_module.unwrap_layer(layer) is patch_module._module_at(other.model, target)
+    lat = graph.latent(cameras)
+    assert torch.equal(graph.ksample(other, prompts.pos, prompts.neg, lat),
+                       graph.ksample(model, prompts.pos, prompts.neg, lat))
+
+
+def test_the_hosts_cleanup_drops_the_folded_weights(graph, sd2, caa, cameras, prompts):
+    model = apply(graph, sd2.model, caa, cameras)
+    graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras), steps=1)
+    patch = model.model_options["transformer_options"]["patches"]["input_block_patch_after_skip"][0]
+    assert patch._folded
+    patch.cleanup()
+    assert not patch._folded
