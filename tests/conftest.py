@@ -56,7 +56,8 @@ def comfy(comfy_root, tmp_path_factory):
     """ComfyUI in this process (CPU), with this pack loaded by ComfyUI's custom-node loader.
 
     Returns a namespace with the host modules tests need, ``mvd_nodes`` (our node classes by id) and
-    ``module(name)``: the pack's submodule ``name`` (e.g. "caa.patch") as ComfyUI loaded it.
+    ``module(name)``: the pack's submodule ``name`` (e.g. "caa.patch") as ComfyUI loaded it (ComfyUI imports the
+    pack under its folder's path, a different module tree from the ``comfyui_mvdiffusion`` the unit tests import).
     """
     base = comfy_host.make_base_directory(tmp_path_factory.mktemp("comfy_base"))
     comfy_host.import_host(comfy_root, base_directory=base)
@@ -73,9 +74,11 @@ def comfy(comfy_root, tmp_path_factory):
             if getattr(cls, "RELATIVE_PYTHON_MODULE", "").endswith(PACK)}
     if not ours:
         pytest.fail(f"ComfyUI did not load the pack from {base / 'custom_nodes'}")
+    # ComfyUI imports a pack under a name derived from its folder's path: the pack as the host runs it
+    loaded = next(iter(ours.values())).__module__.rsplit(".nodes.", 1)[0]
     return types.SimpleNamespace(root=comfy_root, base=base, nodes=nodes, comfy=comfy, folder_paths=folder_paths,
                                  mm=comfy.model_management, mvd_nodes=ours,
-                                 module=lambda name: importlib.import_module(f"{PACK}.{name}"))
+                                 module=lambda name: importlib.import_module(f"{loaded}.{name}"))
 
 
 @pytest.fixture(scope="session")

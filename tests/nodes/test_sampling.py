@@ -280,3 +280,14 @@ def test_the_hosts_cleanup_drops_the_folded_weights(graph, sd2, caa, cameras, pr
     assert patch._folded
     patch.cleanup()
     assert not patch._folded
+
+
+def test_sampling_plans_are_built_once_per_level_not_per_step(comfy, graph, sd2, caa, cameras, prompts, monkeypatch):
+    plans = comfy.module("geometry.sampling_plan")
+    built = []
+    build = plans.build_level_plan
+    monkeypatch.setattr(plans, "build_level_plan", lambda rig, h, w: built.append((h, w)) or build(rig, h, w))
+    plans._cached_cpu_plan.cache_clear()
+    plans.level_plan.cache_clear()
+    graph.ksample(apply(graph, sd2.model, caa, cameras), prompts.pos, prompts.neg, graph.latent(cameras), steps=3)
+    assert sorted(built) == [(1, 1), (2, 2), (4, 4), (8, 8)]  # 64-px views: one plan per UNet level, 3 steps
