@@ -14,8 +14,9 @@ touched, and everything it adds lives in that clone:
 * an ``on_clone`` callback: a clone normally shares the UNet, but where the host clones onto ANOTHER UNet
   instance (newer ComfyUI: multi-GPU copies, non-dynamic delegates), the layer copies are rebuilt from that
   UNet's own layers instead of grafting this one's into it;
-* a ``prepare_sampling`` wrapper that adds CAA's working memory to ComfyUI's ``memory_required`` estimate
-  (the noise shape it passes on only feeds that estimate: it is enlarged by as many latent rows as CAA needs);
+* a ``prepare_sampling`` wrapper that adds CAA's working memory and its per-run cache to ComfyUI's
+  ``memory_required`` estimate (the noise shape it passes on only feeds that estimate: it is enlarged by as many
+  latent rows as CAA needs);
 * the CAA weights' own ModelPatcher (when given) through the patch object's ``models()``, so ComfyUI's model
   management loads, counts and offloads it with the UNet.
 
@@ -27,12 +28,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 
 import torch
 
 from ..geometry.cameras import Rig
 from ..geometry.sampling_plan import level_plan, unet_level_sizes
-from .fast import fast_forward, fold_weights
+from .fast import centred_positional_encoding, fast_forward, fold_weights, pe_bytes
 from .placement import Site, check_sites, unet_sites
 
 __all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "wrap_layer", "unwrap_layer"]
@@ -43,7 +45,11 @@ PREPARE_SAMPLING = "prepare_sampling"  # comfy.patcher_extension.WrappersMP.PREP
 ON_CLONE = "on_clone"  # comfy.patcher_extension.CallbacksMP.ON_CLONE
 VAE_FACTOR = 8
 # working memory of the fast path's query chunks (less when the device has less free memory)
-CAA_WORK_BYTES = 512 << 20
+CAA_WORK_BYTES = 256 << 20
+# the fast path's per-run cache of positional encodings (they only depend on the cameras and the level): at
+# most this many bytes, and at most this fraction of the device's free memory when the run starts
+PE_CACHE_BYTES = 1 << 30
+PE_CACHE_FRACTION = 0.25
 IMPLEMENTATIONS = ("fast", "reference")
 
 
@@ -102,7 +108,12 @@ class MultiViewPatch:
     ``caa``: a :class:`caa.blockset.CAASet`; ``weights``: the host ModelPatcher that holds ``caa`` (returned by
     ``models()`` so the host loads it), or None; ``implementation``: "fast" (``caa/fast.py``) or "reference"
     (the block's own forward); ``free_memory``: ``device -> bytes`` (the host's estimate), bounds the fast
-    path's chunks.
+    path's chunks and its cache.
+
+    The fast path keeps two caches here, built on first use and dropped by the host's ``cleanup()``: each
+    block's folded weights, and the centred positional encodings of the levels that fit the budget
+    (:data:`PE_CACHE_BYTES`, at most :data:`PE_CACHE_FRACTION` of the free memory; blocks of one width at one
+    level share them). They only depend on the cameras, so a step of a run never recomputes them.
     """
 
     def __init__(self, caa, rig: Rig, sites: list[Site], weights=None, implementation: str = "fast",
@@ -122,6 +133,10 @@ class MultiViewPatch:
         self.level_sizes = unet_level_sizes(rig.height, rig.width, levels, VAE_FACTOR)
         self._encoder = {s.target: s for s in self.sites if s.hook == "after_input_block"}
         self._folded = {}  # (block, device, dtype) -> FoldedWeights, built once per run
+        # (level, width, device, dtype) -> (freq_bands, centred positional encodings, {id(buffer): version} of the
+        # blocks' frequency buffers checked equal to freq_bands), built once per run
+        self._pe = {}
+        self._pe_cached = {}  # (device, dtype) -> {(level, width)} chosen for the cache
 
     # ComfyUI calls patch objects with (h, transformer_options) for input_block_patch_after_skip
     def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
@@ -156,12 +171,62 @@ class MultiViewPatch:
         key = (id(block), h.device, h.dtype)
         if key not in self._folded:
             self._folded[key] = fold_weights(block, h.device, h.dtype)
-        return fast_forward(block, h, plan, self._folded[key], self.work_bytes(h.device))
+        return fast_forward(block, h, plan, self._folded[key], self.work_bytes(h.device),
+                            pe=self.positional_encodings(site, block, plan, h.device, h.dtype))
 
     def work_bytes(self, device) -> int:
         if self.free_memory is None:
             return CAA_WORK_BYTES
         return max(64 << 20, min(CAA_WORK_BYTES, int(self.free_memory(device) * 0.5)))
+
+    # ---- per-run cache of the positional encodings (fast path) ----
+    def pe_candidates(self, element_size: int) -> dict:
+        """``{(level, width): (bytes, number of blocks using it)}``: the positional encodings a run can cache
+        (blocks of one width at one level share them)."""
+        keys = 9 * len(self.rig.neighbours[0])
+        out = {}
+        for site in self.sites:
+            h, w = self.level_sizes[site.level]
+            size = pe_bytes(self.rig.num_views * h * w, keys, site.width, element_size)
+            uses = out.get((site.level, site.width), (size, 0))[1]
+            out[(site.level, site.width)] = (size, uses + 1)
+        return out
+
+    def pe_selection(self, element_size: int, budget: int) -> set:
+        """The (level, width) entries to cache within ``budget`` bytes: the most encodings saved per forward
+        (bytes times the blocks sharing them); every subset is tried (there are a handful)."""
+        items = list(self.pe_candidates(element_size).items())
+        best, best_saved = set(), 0
+        for n in range(1, len(items) + 1):
+            for subset in itertools.combinations(items, n):
+                size = sum(v[0] for _, v in subset)
+                saved = sum(v[0] * v[1] for _, v in subset)
+                if size <= budget and saved > best_saved:
+                    best, best_saved = {k for k, _ in subset}, saved
+        return best
+
+    def pe_budget(self, device) -> int:
+        if self.free_memory is None:
+            return PE_CACHE_BYTES
+        return max(0, min(PE_CACHE_BYTES, int(self.free_memory(device) * PE_CACHE_FRACTION)))
+
+    def positional_encodings(self, site: Site, block, plan, device, dtype):
+        """This level's centred positional encodings for ``block`` from the run's cache (built on first use), or
+        None when the budget leaves them out (the fast path then evaluates them chunk by chunk)."""
+        if (device, dtype) not in self._pe_cached:
+            element_size = torch.empty((), dtype=dtype).element_size()
+            self._pe_cached[(device, dtype)] = self.pe_selection(element_size, self.pe_budget(device))
+        if (site.level, site.width) not in self._pe_cached[(device, dtype)]:
+            return None
+        key, freq = (site.level, site.width, device, dtype), block.pe.freq_bands
+        entry = self._pe.get(key)
+        # blocks of one width share the entry when their frequencies are equal (checked once per buffer version)
+        if entry is None or entry[2].get(id(freq)) != freq._version:
+            if entry is None or not torch.equal(entry[0], freq.to(entry[0].device)):
+                entry = (freq.detach().clone(), centred_positional_encoding(plan, freq, device, dtype), {})
+                self._pe[key] = entry
+            entry[2][id(freq)] = freq._version
+        return entry[1]
 
     def hook(self, site: Site):
         return functools.partial(self.run, site)
@@ -187,9 +252,15 @@ class MultiViewPatch:
     # ---- memory estimate (prepare_sampling wrapper) ----
     def extra_memory(self, latent_batch: int, element_size: int) -> int:
         """Bytes CAA needs on top of the UNet for a latent batch (cond and uncond): the fast path's copies of
-        the biggest level's features (keys, output, result) and its query-chunk working memory."""
+        the biggest level's features (centred rows, result, chunk buffers), its query-chunk working memory and
+        its per-run cache of positional encodings."""
         (h, w), width = self.level_sizes[0], max(s.width for s in self.sites if s.level == 0)
-        return 3 * 2 * latent_batch * h * w * width * element_size + CAA_WORK_BYTES
+        features = 3 * 2 * latent_batch * h * w * width * element_size
+        if self.implementation == "reference":
+            return features + CAA_WORK_BYTES
+        candidates = self.pe_candidates(element_size)
+        pe = sum(candidates[k][0] for k in self.pe_selection(element_size, PE_CACHE_BYTES))
+        return features + CAA_WORK_BYTES + pe
 
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
         per_row = model.model.memory_required([1] + list(noise_shape[1:]))
@@ -242,8 +313,11 @@ class MultiViewPatch:
         return self
 
     def cleanup(self) -> None:
-        """Called by the host after sampling: drop the folded weights (rebuilt on the next run)."""
+        """Called by the host after sampling: drop the per-run caches, folded weights and positional encodings
+        (rebuilt on the next run)."""
         self._folded.clear()
+        self._pe.clear()
+        self._pe_cached.clear()
 
     def __deepcopy__(self, memo):
         # ComfyUI 0.3.x deep-copies model_options on clone: share this (immutable) patch instead of copying

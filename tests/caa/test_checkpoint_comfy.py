@@ -204,7 +204,7 @@ def test_the_checkpoint_loader_refuses_what_is_not_a_whole_panorama_model(loadin
     torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}}, sd2)
     cases.append((sd2, ("no CAA keys", "plain Stable Diffusion checkpoint", "Load Checkpoint")))
     for path, fragments in cases:
-        with pytest.raises(ck.CheckpointError) as e:
+        with pytest.raises(loading.CheckpointError) as e:  # the class of the module tree ComfyUI loaded
             loading.load_mvdiffusion_checkpoint(path)
         assert str(path) in str(e.value), str(e.value)
         for fragment in fragments:

@@ -266,8 +266,11 @@ def test_a_clone_onto_another_unet_instance_runs_caa_on_that_unets_own_layers(co
     for callback in model.get_all_callbacks("on_clone"):
         callback(model, other)
     assert set(other.object_patches) == set(model.object_patches)
+    # (the copied UNet may hold this run's layer copies if the host left the model patched: they are unwrapped)
+    own = lambda root, target: patch_module.unwrap_layer(patch_module._module_at(root, target))  # noqa: E731
     for target, layer in other.object_patches.items():
-        assert patch_module.unwrap_layer(layer) is patch_module._module_at(other.model, target)
+        assert patch_module.unwrap_layer(layer) is own(other.model, target)
+        assert patch_module.unwrap_layer(layer) is not own(sd2.model.model, target)
     lat = graph.latent(cameras)
     assert torch.equal(graph.ksample(other, prompts.pos, prompts.neg, lat),
                        graph.ksample(model, prompts.pos, prompts.neg, lat))
