@@ -35,6 +35,9 @@ Layouts (:func:`classify`):
 This pack's format (:func:`save_caa_file`): safetensors holding the CAASet state dict (the official keys
 without ``mv_base_model.``), weights in fp16 by default, every ``*.pe.freq_bands`` in float32, and metadata
 ``{"format": "comfyui-mvdiffusion.caa", "format_version": "1", "model_kind", "source", "widths"}``.
+A whole official checkpoint can also be stored as safetensors (:func:`save_whole_file`): the same keys and
+dtypes, metadata ``{"format": "comfyui-mvdiffusion.whole", "format_version": "1", "model_kind", "source"}``;
+it classifies and loads exactly like the ``.ckpt`` it came from.
 
 The positional-encoding frequencies (``pe.freq_bands``, up to 2^79) are checked on every load; policy:
 
@@ -66,13 +69,15 @@ from .positional_encoding import frequency_bands
 __all__ = [
     "CheckpointError", "CheckpointFile", "Layout", "FORMAT", "FORMAT_VERSION", "KINDS", "MVDIFFUSION_KINDS",
     "read_checkpoint", "classify", "split_official", "unet_widths", "check_caa_state_dict", "check_freq_bands",
-    "caa_state_dict_from", "refusal_error", "load_caa_state_dict", "load_caa", "save_caa_file", "describe_widths",
+    "caa_state_dict_from", "refusal_error", "load_caa_state_dict", "load_caa", "save_caa_file", "save_whole_file",
+    "describe_widths", "WHOLE_FORMAT",
 ]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "comfyui-mvdiffusion.caa"
 FORMAT_VERSION = "1"
+WHOLE_FORMAT = "comfyui-mvdiffusion.whole"  # a whole official checkpoint (same keys) as safetensors
 OFFICIAL_PREFIX = "mv_base_model."
 PARTS = {"text_encoder": "text_encoder.", "vae": "vae.", "unet": "mv_base_model.unet."}
 
@@ -516,18 +521,18 @@ def caa_state_dict_from(ckpt: CheckpointFile, layout: Layout | None = None) -> t
     layout = layout or classify(ckpt.state_dict, ckpt.metadata)
     metadata = ckpt.metadata or {}
     unet_levels = None
+    version = metadata.get("format_version")
+    if metadata.get("format") in (FORMAT, WHOLE_FORMAT) and version is not None and version != FORMAT_VERSION:
+        raise _fail(path, f"written in format version {version} of {metadata['format']}; this version reads "
+                          f"version {FORMAT_VERSION}", "Update comfyui-mvdiffusion or convert the original again")
     if layout.kind in CAA_KINDS:
         parts = split_official(ckpt.state_dict)
         raw = parts["caa"]
         unet_levels = unet_widths(parts["unet"])
         model_kind = layout.kind
-        source_format = "official MVDiffusion checkpoint"
+        source_format = WHOLE_FORMAT if metadata.get("format") == WHOLE_FORMAT else "official MVDiffusion checkpoint"
     elif layout.kind == CAA:
         raw = ckpt.state_dict
-        version = metadata.get("format_version")
-        if metadata.get("format") == FORMAT and version is not None and version != FORMAT_VERSION:
-            raise _fail(path, f"written in format version {version} of {FORMAT}; this version reads "
-                              f"version {FORMAT_VERSION}", "Update comfyui-mvdiffusion or convert the original again")
         model_kind = metadata.get("model_kind", "pano")
         source_format = FORMAT if metadata.get("format") == FORMAT else "bare CAA state dict"
     else:
@@ -546,7 +551,7 @@ def caa_state_dict_from(ckpt: CheckpointFile, layout: Layout | None = None) -> t
         "layout": layout.kind,
         "format": source_format,
         "file": str(path),
-        "source": metadata.get("source", path.name) if layout.kind == CAA else path.name,
+        "source": metadata.get("source", path.name) if metadata.get("format") in (FORMAT, WHOLE_FORMAT) else path.name,
         "widths": widths,
         "num_blocks": len(widths["encoder"]) + 1 + len(widths["decoder"]),
         "parameters": sum(v.numel() for k, v in sd.items() if not k.endswith(FREQ_SUFFIX)),
@@ -608,6 +613,34 @@ def save_caa_file(state_dict: dict, path, source: str, model_kind: str, dtype=to
         tensors[k] = (v.to(torch.float32) if k.endswith(FREQ_SUFFIX) else v.to(dtype)).contiguous()
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_kind": str(model_kind),
                 "source": str(source), "widths": json.dumps(widths)}
+    return _write_safetensors(tensors, path, metadata)
+
+
+def save_whole_file(state_dict: dict, path, source: str, model_kind: str, dtype=None) -> Path:
+    """Write a whole official checkpoint's state dict (same keys: UNet, VAE, text encoder and CAA blocks) to a
+    .safetensors file, atomically: loads like the ``.ckpt`` without unpickling and memory-maps faster.
+
+    Tensors keep their stored dtype unless ``dtype`` is given (floating tensors then take it, except every
+    ``*.pe.freq_bands``, which stays as stored). Metadata: ``{"format": WHOLE_FORMAT, "format_version",
+    "model_kind", "source"}``. Returns the path.
+    """
+    tensors, storages = {}, set()
+    for k, v in state_dict.items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point() and not k.endswith(FREQ_SUFFIX):
+            v = v.to(dtype)
+        v = v.contiguous()
+        if v.untyped_storage().data_ptr() in storages:  # safetensors refuses tensors that share memory
+            v = v.clone()
+        storages.add(v.untyped_storage().data_ptr())
+        tensors[k] = v
+    metadata = {"format": WHOLE_FORMAT, "format_version": FORMAT_VERSION, "model_kind": str(model_kind),
+                "source": str(source)}
+    return _write_safetensors(tensors, Path(path), metadata)
+
+
+def _write_safetensors(tensors: dict, path: Path, metadata: dict) -> Path:
+    """Save ``tensors`` to ``path`` through a temporary file in the same folder, renamed when complete."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)

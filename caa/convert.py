@@ -1,6 +1,7 @@
 """Convert the CAA weights of an official MVDiffusion checkpoint to this pack's small .safetensors file.
 
     python -m comfyui_mvdiffusion.caa.convert pano.ckpt [-o out.safetensors] [--dtype fp16|bf16|fp32] [--force]
+    python -m comfyui_mvdiffusion.caa.convert --whole pano.ckpt      (everything, as pano.safetensors)
     mvdiffusion-convert pano.ckpt ...          (the same, when the pack is installed with pip)
 
 The result holds only the 9 correspondence-aware attention blocks (about 295 MB in fp16 for pano.ckpt,
@@ -9,6 +10,10 @@ The input is read safely (``torch.load(weights_only=True)``: a checkpoint that w
 Default output: ``<input stem>.caa.safetensors`` next to the input. The input is never overwritten; an
 existing output only with ``--force``; the file is written to a temporary name and renamed (atomic).
 The positional-encoding frequencies are always stored in float32, whatever ``--dtype`` says.
+
+``--whole`` keeps everything (UNet, VAE, text encoder, CAA blocks; the stored dtypes unless ``--dtype`` is
+given) in a ``<input stem>.safetensors`` that 'Load MVDiffusion Checkpoint' loads like the ``.ckpt``, without
+unpickling. Only a complete panorama checkpoint (pano.ckpt, pano_outpaint.ckpt) is accepted.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, describe_widths, load_caa_state_dict, save_caa_file
+from .checkpoint import (CAA_KINDS, CheckpointError, caa_state_dict_from, classify, describe_widths, read_checkpoint,
+                         refusal_error, save_caa_file, save_whole_file)
 
 __all__ = ["DTYPES", "ConversionResult", "default_output", "convert", "main"]
 
@@ -35,25 +41,32 @@ class ConversionResult:
     dtype: str
     size: int  # bytes
     freq_bands: str  # "exact" | "rounding" | "repaired"
+    whole: bool = False  # the whole checkpoint, not only the CAA weights
 
     def summary(self) -> str:
-        return (f"wrote {self.output}: {self.kind} CAA weights, {len(self.widths['encoder']) * 2 + 1} blocks "
+        what = "whole checkpoint (UNet, VAE, text encoder) with" if self.whole else "CAA weights,"
+        return (f"wrote {self.output}: {self.kind} {what} {len(self.widths['encoder']) * 2 + 1} CAA blocks "
                 f"({describe_widths(self.widths)}), {self.parameters:,} parameters, {self.dtype}, "
                 f"{self.size / 1e6:.1f} MB ({self.size:,} bytes)")
 
 
-def default_output(src) -> Path:
-    """``pano.ckpt`` -> ``pano.caa.safetensors`` in the same folder."""
+def default_output(src, whole: bool = False) -> Path:
+    """``pano.ckpt`` -> ``pano.caa.safetensors`` (``pano.safetensors`` with ``whole``) in the same folder."""
     src = Path(src)
-    return src.with_name(f"{src.stem}.caa.safetensors")
+    return src.with_name(f"{src.stem}.safetensors" if whole else f"{src.stem}.caa.safetensors")
 
 
-def convert(src, dst=None, dtype: str | torch.dtype = "fp16", force: bool = False) -> ConversionResult:
-    """Extract and write the CAA weights of ``src``; raises :class:`CheckpointError` (or FileExistsError)."""
+def convert(src, dst=None, dtype: str | torch.dtype | None = None, force: bool = False,
+            whole: bool = False) -> ConversionResult:
+    """Write the CAA weights of ``src`` (``whole``: the whole checkpoint) to a .safetensors file; raises
+    :class:`CheckpointError` (or FileExistsError). ``dtype``: fp16 by default for CAA weights, the stored dtypes
+    by default for a whole checkpoint."""
     src = Path(src)
-    dst = Path(dst) if dst is not None else default_output(src)
+    dst = Path(dst) if dst is not None else default_output(src, whole)
+    if dtype is None and not whole:
+        dtype = "fp16"
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    if torch_dtype not in DTYPES.values():
+    if torch_dtype is not None and torch_dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype}")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: the output is the input file; refusing to overwrite the input "
@@ -62,11 +75,23 @@ def convert(src, dst=None, dtype: str | torch.dtype = "fp16", force: bool = Fals
         raise FileExistsError(f"{dst} already exists; use --force to replace it (or choose another -o)")
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"{dst}: the output must be a .safetensors file")
-    sd, info = load_caa_state_dict(src)
-    save_caa_file(sd, dst, source=info["source"], model_kind=info["kind"], dtype=torch_dtype)
-    name = {v: k for k, v in DTYPES.items()}[torch_dtype]
+    ckpt = read_checkpoint(src)
+    layout = classify(ckpt.state_dict, ckpt.metadata)
+    if whole:
+        missing = [p for p in ("unet", "vae", "text_encoder") if p not in layout.parts]
+        if layout.kind not in CAA_KINDS:
+            raise refusal_error(src, layout, ckpt.state_dict, wanted="MVDiffusion panorama model")
+        if missing:
+            raise CheckpointError(f"{src}: --whole needs a complete checkpoint, this one lacks the "
+                                  f"{', '.join(missing)}. Convert without --whole to keep the CAA weights only")
+    sd, info = caa_state_dict_from(ckpt, layout)  # validates the CAA blocks either way
+    if whole:
+        save_whole_file(ckpt.state_dict, dst, source=info["source"], model_kind=info["kind"], dtype=torch_dtype)
+    else:
+        save_caa_file(sd, dst, source=info["source"], model_kind=info["kind"], dtype=torch_dtype)
+    name = "as stored" if torch_dtype is None else {v: k for k, v in DTYPES.items()}[torch_dtype]
     return ConversionResult(dst, info["kind"], info["widths"], info["parameters"], name, dst.stat().st_size,
-                            info["freq_bands"])
+                            info["freq_bands"], whole)
 
 
 def main(argv=None) -> int:
@@ -74,16 +99,21 @@ def main(argv=None) -> int:
         prog="python -m comfyui_mvdiffusion.caa.convert",
         description="Extract the correspondence-aware attention (CAA) weights of an official MVDiffusion "
                     "checkpoint (pano.ckpt, pano_outpaint.ckpt) into a small .safetensors file for "
-                    "'Load CAA Weights'.")
+                    "'Load CAA Weights', or (--whole) store the whole checkpoint as .safetensors for "
+                    "'Load MVDiffusion Checkpoint'.")
     parser.add_argument("input", type=Path, help="official checkpoint (.ckpt) or CAA .safetensors")
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="output .safetensors (default: <input stem>.caa.safetensors next to the input)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16",
-                        help="dtype of the weights (default fp16; the PE frequencies stay float32)")
+                        help="output .safetensors (default: <input stem>.caa.safetensors next to the input, "
+                             "<input stem>.safetensors with --whole)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="dtype of the weights (default: fp16 for CAA weights, as stored with --whole; the "
+                             "PE frequencies are never rounded)")
+    parser.add_argument("--whole", action="store_true",
+                        help="keep the whole checkpoint (UNet, VAE, text encoder, CAA blocks)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     try:
-        result = convert(args.input, args.output, args.dtype, args.force)
+        result = convert(args.input, args.output, args.dtype, args.force, args.whole)
     except (CheckpointError, FileExistsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

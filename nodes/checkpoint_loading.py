@@ -1,6 +1,7 @@
 """Building the host's MODEL, CLIP and VAE from an official MVDiffusion checkpoint (ComfyUI glue, no nodes).
 
-An official ``pano.ckpt`` / ``pano_outpaint.ckpt`` holds the whole pipeline in diffusers/transformers naming
+An official ``pano.ckpt`` / ``pano_outpaint.ckpt`` (or its ``--whole`` .safetensors conversion, the same keys)
+holds the whole pipeline in diffusers/transformers naming
 (see ``caa/checkpoint.py``). The file is read once (safely, memory-mapped), cut into parts, and every part
 goes through ComfyUI's OWN converters and loaders, the functions its checkpoint loaders use:
 

@@ -30,11 +30,13 @@ class LoadMVDiffusionCheckpoint(io.ComfyNode):
             node_id="MVDiffusionCheckpointLoader",
             display_name="Load MVDiffusion Checkpoint",
             category=CATEGORY,
-            description="Loads an official MVDiffusion checkpoint (pano.ckpt, pano_outpaint.ckpt) from "
-                        "models/mvdiffusion: the SD2 model, text encoder and VAE it contains, and its "
-                        "correspondence-aware attention weights. One file, ready to sample.",
+            description="Loads an official MVDiffusion checkpoint (pano.ckpt, pano_outpaint.ckpt, or its "
+                        "whole .safetensors conversion) from models/mvdiffusion: the SD2 model, text encoder "
+                        "and VAE it contains, and its correspondence-aware attention weights. One file, ready "
+                        "to sample. CAA-only files go to 'Load CAA Weights'.",
             inputs=[io.Combo.Input("ckpt_name", options=model_files(),
-                                   tooltip="An official MVDiffusion .ckpt in models/mvdiffusion.")],
+                                   tooltip="An official MVDiffusion .ckpt in models/mvdiffusion, or the "
+                                           ".safetensors written from it by the converter's --whole option.")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), CAA.Output(display_name="caa")],
         )
 
@@ -59,7 +61,7 @@ class LoadCAAWeights(io.ComfyNode):
                         "official .ckpt) to pair with the host's own SD2 checkpoint loader.",
             inputs=[io.Combo.Input("caa_name", options=model_files(),
                                    tooltip="CAA weights in models/mvdiffusion (.safetensors from the converter, "
-                                           "or an official .ckpt).")],
+                                           "or an official .ckpt or its whole .safetensors).")],
             outputs=[CAA.Output(display_name="caa")],
         )
 

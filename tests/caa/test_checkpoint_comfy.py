@@ -167,6 +167,26 @@ def test_load_caa_weights_reads_the_official_file_and_its_conversion_alike(offic
         assert torch.equal(converted[k], v if k.endswith("freq_bands") else v.half()), k
 
 
+def test_the_whole_safetensors_conversion_loads_the_same_model_clip_vae_and_caa(comfy, official, loading, tmp_path):
+    from comfyui_mvdiffusion.caa import convert
+
+    out = convert.convert(official.path, tmp_path / "pano.safetensors", whole=True).output
+    model, clip, vae, caa_sd, info = loading.load_mvdiffusion_checkpoint(out)
+    try:
+        assert info["format"] == ck.WHOLE_FORMAT and info["kind"] == "pano"
+        for ours, theirs in ((model.model.diffusion_model, official.model.model.diffusion_model),
+                             (vae.first_stage_model, official.vae.first_stage_model),
+                             (clip.cond_stage_model, official.clip.cond_stage_model)):
+            a, b = ours.state_dict(), theirs.state_dict()
+            assert set(a) == set(b)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        assert set(caa_sd) == set(official.caa_sd)
+        assert all(torch.equal(caa_sd[k], v) for k, v in official.caa_sd.items())
+    finally:
+        del model, clip, vae, caa_sd
+        gc.collect()
+
+
 def test_the_outpainting_unet_converts_to_comfyuis_sd2_inpainting_model(comfy, official, loading):
     import comfy.model_detection
 

@@ -142,3 +142,47 @@ def test_python_dash_m_runs_the_converter_when_the_pack_is_importable(tmp_path):
     help_run = subprocess.run([sys.executable, "-m", "comfyui_mvdiffusion.caa.convert", "--help"], cwd=tmp_path,
                               env=env, capture_output=True, text=True)
     assert help_run.returncode == 0 and "--dtype" in help_run.stdout and "--force" in help_run.stdout
+
+
+def test_whole_keeps_every_tensor_and_dtype_and_classifies_like_the_ckpt(tmp_path, capsys):
+    src, sd = small_official(tmp_path)
+    assert convert.main([str(src), "--whole"]) == 0
+    out = tmp_path / "pano.safetensors"
+    assert str(out) in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format"] == ck.WHOLE_FORMAT and meta["model_kind"] == "pano" and meta["source"] == "pano.ckpt"
+    assert set(stored) == set(sd)  # everything, Lightning bookkeeping aside
+    for k, v in sd.items():
+        assert stored[k].dtype == v.dtype and torch.equal(stored[k], v), k
+    whole = ck.read_checkpoint(out)
+    assert ck.classify(whole.state_dict, whole.metadata) == ck.classify(sd)
+    caa, info = ck.load_caa_state_dict(out)
+    assert info["format"] == ck.WHOLE_FORMAT and info["source"] == "pano.ckpt"
+    assert all(torch.equal(caa[k], v) for k, v in caa_of(sd).items())
+
+
+def test_whole_with_a_dtype_rounds_the_weights_but_never_the_frequencies(tmp_path):
+    src, sd = small_official(tmp_path)
+    out = convert.convert(src, tmp_path / "half.safetensors", "fp16", whole=True).output
+    stored = ck.read_checkpoint(out).state_dict
+    for k, v in sd.items():
+        expected = v if k.endswith("pe.freq_bands") or not v.is_floating_point() else v.half()
+        assert stored[k].dtype == expected.dtype and torch.equal(stored[k], expected), k
+
+
+def test_whole_refuses_what_is_not_a_complete_panorama_checkpoint_and_writes_nothing(tmp_path, capsys):
+    caa_only = rw.save_lightning_checkpoint(
+        tmp_path / "caa.ckpt", rw.official_state_dict("pano", model_channels=64,
+                                                      select=lambda k: k.startswith("mv_base_model.cp_blocks_")),
+        "pano")
+    assert convert.main([str(caa_only), "--whole"]) == 1
+    assert "lacks the unet, vae, text_encoder" in capsys.readouterr().err
+    depth = rw.save_lightning_checkpoint(
+        tmp_path / "depth_gen.ckpt", rw.official_state_dict("depth", model_channels=64,
+                                                            select=lambda k: "cp_blocks_" in k), "depth")
+    assert convert.main([str(depth), "--whole"]) == 1
+    err = capsys.readouterr().err
+    assert str(depth) in err and "depth" in err
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".ckpt", ".ckpt"]
