@@ -66,20 +66,7 @@ CONTEXT_TOKENS = 77
 # ---- host -------------------------------------------------------------------------------------------------
 def import_host(device: str):
     """ComfyUI in this process; the CPU is forced unless a CUDA device is asked for (or 'auto' finds one)."""
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        comfy_host.import_host()
-    else:
-        root = comfy_host.host_root(install=False)
-        if root is None:
-            raise RuntimeError("no ComfyUI host: run scripts/bootstrap.sh or set COMFYUI_PATH")
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        import comfy.cli_args
-
-        comfy.cli_args.args.disable_api_nodes = True
+    comfy_host.import_host(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
     import comfy.model_management as mm
 
     pack = comfy_host.import_pack()

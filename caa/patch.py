@@ -133,7 +133,7 @@ class MultiViewPatch:
         self.level_sizes = unet_level_sizes(rig.height, rig.width, levels, VAE_FACTOR)
         self._encoder = {s.target: s for s in self.sites if s.hook == "after_input_block"}
         self._folded = {}  # (block, device, dtype) -> FoldedWeights, built once per run
-        # (level, width, device, dtype) -> (freq_bands, centred positional encodings, {id(buffer): version} of the
+        # (level, width, device, dtype) -> (freq_bands, centred positional encodings, {(id, data_ptr)} of the
         # blocks' frequency buffers checked equal to freq_bands), built once per run
         self._pe = {}
         self._pe_cached = {}  # (device, dtype) -> {(level, width)} chosen for the cache
@@ -220,12 +220,14 @@ class MultiViewPatch:
             return None
         key, freq = (site.level, site.width, device, dtype), block.pe.freq_bands
         entry = self._pe.get(key)
-        # blocks of one width share the entry when their frequencies are equal (checked once per buffer version)
-        if entry is None or entry[2].get(id(freq)) != freq._version:
+        # blocks of one width share the entry when their frequencies are equal (checked once per buffer and run,
+        # like the folded weights; no version counters: the host's inference tensors have none)
+        buffer = (id(freq), freq.data_ptr())
+        if entry is None or buffer not in entry[2]:
             if entry is None or not torch.equal(entry[0], freq.to(entry[0].device)):
-                entry = (freq.detach().clone(), centred_positional_encoding(plan, freq, device, dtype), {})
+                entry = (freq.detach().clone(), centred_positional_encoding(plan, freq, device, dtype), set())
                 self._pe[key] = entry
-            entry[2][id(freq)] = freq._version
+            entry[2].add(buffer)
         return entry[1]
 
     def hook(self, site: Site):

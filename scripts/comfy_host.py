@@ -131,8 +131,9 @@ def import_pack():
     return module
 
 
-def import_host(root: Path | None = None, base_directory: Path | None = None):
-    """Make ComfyUI importable in this process with the CPU forced (before ``comfy.model_management`` loads).
+def import_host(root: Path | None = None, base_directory: Path | None = None, cpu: bool = True):
+    """Make ComfyUI importable in this process, with the CPU forced unless ``cpu`` is False (before
+    ``comfy.model_management`` loads).
 
     ``base_directory``: ComfyUI's ``--base-directory`` (models, custom_nodes, output...) for this process.
     Returns the host root. Idempotent.
@@ -147,7 +148,7 @@ def import_host(root: Path | None = None, base_directory: Path | None = None):
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.disable_api_nodes = True
     if base_directory is not None:
         comfy.cli_args.args.base_directory = str(base_directory)

@@ -17,8 +17,10 @@ SIZE = 64  # view size in pixels: latents of 8x8, UNet levels 8, 4, 2, 1
 
 
 def _run(comfy, node_id: str, **inputs):
-    """Execute one of our V3 nodes the way the executor does (classmethod ``execute``) -> result tuple."""
-    return comfy.mvd_nodes[node_id].execute(**inputs).result
+    """Execute one of our V3 nodes the way the executor does (classmethod ``execute``, in inference mode) ->
+    result tuple."""
+    with torch.inference_mode():
+        return comfy.mvd_nodes[node_id].execute(**inputs).result
 
 
 def install_model(comfy, src: Path, folder: str, name: str | None = None) -> str:
@@ -38,7 +40,8 @@ def install_model(comfy, src: Path, folder: str, name: str | None = None) -> str
 def sd2(comfy, cache_dir):
     """The random SD2 test checkpoint loaded by ComfyUI's own CheckpointLoaderSimple: model, clip, vae."""
     name = install_model(comfy, random_weights.sd2_checkpoint(cache_dir), "checkpoints")
-    model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+    with torch.inference_mode():  # as the executor runs nodes: the weights are inference tensors
+        model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
     return types.SimpleNamespace(model=model, clip=clip, vae=vae, name=name)
 
 
@@ -61,7 +64,8 @@ def cameras(comfy):
 def prompts(comfy, sd2, cameras):
     """positive (one prompt for all views) and negative (empty) conditioning."""
     (pos,) = _run(comfy, "MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text="a cosy kitchen")
-    (neg,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "")
+    with torch.inference_mode():
+        (neg,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "")
     return types.SimpleNamespace(pos=pos, neg=neg)
 
 
@@ -74,8 +78,9 @@ def graph(comfy):
         return _run(comfy, "MVDiffusionEmptyLatent", cameras=cameras, scenes=scenes)[0]
 
     def ksample(model, pos, neg, lat, seed=0, steps=2, cfg=5.0, sampler="euler", scheduler="normal"):
-        (out,) = comfy.nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, lat,
-                                               denoise=1.0)
+        with torch.inference_mode():  # as the executor runs the node
+            (out,) = comfy.nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, lat,
+                                                   denoise=1.0)
         return out["samples"]
 
     def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
