@@ -9,7 +9,8 @@ output layers are NOT zero, so the blocks do real work). Then, for m views (8) o
 * one batched UNet forward (cond only, batch m) through ``BaseModel.apply_model`` with the clone's
   ``transformer_options``: plain, patched with the fast CAA path, patched with the reference path. The
   configurations are interleaved round by round so that background load hits all of them alike; times are
-  medians over the rounds, ratios are taken between medians of the same run;
+  medians over the rounds, and the patched/plain ratio is the median of the rounds' own ratios (each round
+  runs plain and patched back to back, so slow phases of a shared machine cancel out), with its range;
 * the nine CAA blocks alone (``MultiViewPatch.run`` on random features of the UNet's level sizes): fast vs
   reference, the speed-up factor;
 * the sampling plans: ``geometry.sampling_plan.build_level_plan`` for all levels (cold), plus the fast path's
