@@ -69,8 +69,8 @@ from .positional_encoding import frequency_bands
 __all__ = [
     "CheckpointError", "CheckpointFile", "Layout", "FORMAT", "FORMAT_VERSION", "KINDS", "MVDIFFUSION_KINDS",
     "read_checkpoint", "classify", "split_official", "unet_widths", "check_caa_state_dict", "check_freq_bands",
-    "caa_state_dict_from", "refusal_error", "load_caa_state_dict", "load_caa", "save_caa_file", "save_whole_file",
-    "describe_widths", "WHOLE_FORMAT",
+    "caa_state_dict_from", "refusal_error", "check_whole_panorama", "load_caa_state_dict", "load_caa",
+    "save_caa_file", "save_whole_file", "describe_widths", "WHOLE_FORMAT",
 ]
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,21 @@ def refusal_error(path, layout: Layout, state_dict: dict, wanted: str = "CAA wei
     sample = ", ".join(list(state_dict)[:4])
     return _fail(path, f"no usable {wanted}: {layout.description} ({len(state_dict)} tensors, e.g. {sample})",
                  f"Expected {OFFICIAL_HINT}")
+
+
+def check_whole_panorama(path, layout: Layout, state_dict: dict,
+                         todo: str = "Use 'Load CAA Weights' with a separate SD2 checkpoint") -> None:
+    """Raise unless ``layout`` is a complete panorama model (pano/pano_outpaint with UNet, VAE, text encoder
+    and CAA blocks); ``todo`` says what to do with a file that lacks some of those parts."""
+    if layout.kind == CAA:
+        raise _fail(path, "this file only holds CAA weights (no UNet, text encoder or VAE)",
+                    "Load it with 'Load CAA Weights' next to ComfyUI's Load Checkpoint with an SD2 model")
+    if layout.kind not in CAA_KINDS:
+        raise refusal_error(path, layout, state_dict, wanted="MVDiffusion panorama model")
+    missing = [p for p in ("unet", "vae", "text_encoder") if p not in layout.parts]
+    if missing:
+        raise _fail(path, f"the checkpoint lacks the {', '.join(missing)} (it only holds: {', '.join(layout.parts)})",
+                    todo)
 
 
 def split_official(state_dict: dict) -> dict:

@@ -150,10 +150,6 @@ class FoldedWeights:
     eps2: float = 1e-5
 
 
-def _weight(layer, name: str, device) -> torch.Tensor:
-    return getattr(layer, name).detach().to(device=device, dtype=torch.float32)
-
-
 def _as(layer, name: str, device, dtype) -> torch.Tensor:
     return getattr(layer, name).detach().to(device=device, dtype=dtype)
 
@@ -162,11 +158,11 @@ def fold_weights(block, device, dtype) -> FoldedWeights:
     """Fold a block's norm1 into its key/value projections (computed in float32, stored in ``dtype``), and
     take its other weights on ``device`` in ``dtype``."""
     t = block.transformer
-    gamma, beta = _weight(t.norm1, "weight", device), _weight(t.norm1, "bias", device)
+    gamma, beta = _as(t.norm1, "weight", device, torch.float32), _as(t.norm1, "bias", device, torch.float32)
     heads = t.attn1.heads
     out = []
     for layer in (t.attn1.to_k, t.attn1.to_v):
-        w = _weight(layer, "weight", device)  # (C_out, C_in)
+        w = _as(layer, "weight", device, torch.float32)  # (C_out, C_in)
         out.append(((w * gamma).reshape(heads, HEAD_DIM, -1).to(dtype), (w @ beta).reshape(heads, HEAD_DIM).to(dtype)))
     (wk, bk), (wv, bv) = out
     proj, lin2 = t.ff.net[0].proj, t.ff.net[2]

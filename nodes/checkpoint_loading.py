@@ -55,7 +55,6 @@ CLIP_FILLED = tuple(f"text_model.encoder.layers.23.{n}" for n in (
     "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias",
     "layer_norm1.weight", "layer_norm1.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
     "layer_norm2.weight", "layer_norm2.bias")) + ("text_projection.weight",)
-LOADABLE = (ckpt_io.PANO, ckpt_io.PANO_OUTPAINT)
 
 
 def _fail(path, problem: str, todo: str | None = None) -> CheckpointError:
@@ -248,15 +247,7 @@ def load_mvdiffusion_checkpoint(path):
     """
     ckpt = ckpt_io.read_checkpoint(path)
     layout = ckpt_io.classify(ckpt.state_dict, ckpt.metadata)
-    if layout.kind == ckpt_io.CAA:
-        raise _fail(path, "this file only holds CAA weights (no UNet, text encoder or VAE)",
-                    "Load it with 'Load CAA Weights' next to ComfyUI's Load Checkpoint with an SD2 model")
-    if layout.kind not in LOADABLE:
-        raise ckpt_io.refusal_error(path, layout, ckpt.state_dict, wanted="MVDiffusion panorama model")
-    missing_parts = [p for p in ("unet", "vae", "text_encoder") if p not in layout.parts]
-    if missing_parts:
-        raise _fail(path, f"the checkpoint lacks the {', '.join(missing_parts)} (it only holds: "
-                          f"{', '.join(layout.parts)})", "Use 'Load CAA Weights' with a separate SD2 checkpoint")
+    ckpt_io.check_whole_panorama(path, layout, ckpt.state_dict)
     caa_sd, info = ckpt_io.caa_state_dict_from(ckpt, layout)
     parts = ckpt_io.split_official(ckpt.state_dict)
     name = ckpt.path.name
