@@ -14,7 +14,7 @@ output layers are NOT zero, so the blocks do real work). Then, for m views (8) o
 * the nine CAA blocks alone (``MultiViewPatch.run`` on random features of the UNet's level sizes): fast vs
   reference, the speed-up factor;
 * the sampling plans: ``geometry.sampling_plan.build_level_plan`` for all levels (cold), plus the fast path's
-  bilinear tap tables (``caa.fast.tap_plan``). Both are built once per run and cached;
+  bilinear tap tables (``caa.fast.tap_plan``). Both are built once per run and kept for the run;
 * matmul/conv work counted by ``torch.utils.flop_counter`` in the warm-up forwards: the arithmetic floor of
   the patched/plain ratio;
 * peak memory above the loaded model, each configuration in a fresh subprocess: on CPU the peak resident set
@@ -134,6 +134,8 @@ class Bench:
         self.patched = {impl: patch_model(self.plain, self.caa, self.rig, weights=self.caa_patcher,
                                           implementation=impl, free_memory=mm.get_free_memory)
                         for impl in ("fast", "reference")}
+        for impl in self.patched:  # the benchmark is one long run (a sampling run keeps its cache as long)
+            self.patch(impl).begin_run()
         gen = torch.Generator().manual_seed(seed + 2)
         self.x = torch.randn(views, 4, size // 8, size // 8, generator=gen)
         self.sigma = torch.full((views,), 1.0)
@@ -220,7 +222,7 @@ def plan_build_times(rig, size: int, repeats: int) -> dict:
         plans_t.append(time.perf_counter() - start)
         start = time.perf_counter()
         for plan in plans:
-            tap_plan.__wrapped__(plan)  # uncached
+            tap_plan(plan)
         taps_t.append(time.perf_counter() - start)
     return {"plans": statistics.median(plans_t), "taps": statistics.median(taps_t)}
 
@@ -264,17 +266,11 @@ def measure_memory(args, size: int, config: str) -> dict:
 
 # ---- one size ---------------------------------------------------------------------------------------------
 def run_size(args, mm, pack, size: int) -> dict:
-    from comfyui_mvdiffusion.caa.fast import tap_plan
-    from comfyui_mvdiffusion.geometry import sampling_plan
-
     log(f"[{size} px] building the SD2-base UNet and the CAA blocks ...")
     bench = Bench(mm, pack, size, args.views)
     res = {"size": size, "views": args.views, "unet_parameters": bench.unet_parameters,
            "caa_parameters": bench.caa_parameters}
     res.update({f"plan_{k}_s": v for k, v in plan_build_times(bench.rig, size, max(3, args.repeats)).items()})
-    sampling_plan._cached_cpu_plan.cache_clear()
-    sampling_plan.level_plan.cache_clear()
-    tap_plan.cache_clear()
 
     configs = [c for c in CONFIGS if c != "reference" or (not args.no_reference and not args.quick)]
     flops, cold = {}, {}
@@ -311,7 +307,7 @@ def run_size(args, mm, pack, size: int) -> dict:
     res.update({f"unet_{c}_all_s": v for c, v in times.items()})
     res.update({f"cold_{c}_s": v for c, v in cold.items()})
     res["pe_cache_bytes"] = sum(entry[1].numel() * entry[1].element_size()
-                                for entry in bench.patch("fast")._pe.values())
+                                for entry in bench.patch("fast").run_cache.encodings.values())
     res["flops_plain"] = flops["plain"]
     res["flops_caa_fast"] = caa_flops(bench)
 

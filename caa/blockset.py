@@ -84,9 +84,6 @@ class CAASet(nn.Module):
         for k, block in enumerate(self.cp_blocks_decoder):
             yield "decoder", k, block
 
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     @torch.no_grad()
     def zero_(self) -> "CAASet":
         """The official initialisation of the output layers (to_out, ff.net.2 zero): every block is identity."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CheckpointError, caa_state_dict_from, check_whole_panorama, classify, describe_widths,
+from .checkpoint import (CheckpointError, caa_state_dict_from, check_whole_model, classify, describe_widths,
                          read_checkpoint, save_caa_file, save_whole_file)
 
 __all__ = ["DTYPES", "ConversionResult", "default_output", "convert", "main"]
@@ -78,7 +78,7 @@ def convert(src, dst=None, dtype: str | torch.dtype | None = None, force: bool =
     ckpt = read_checkpoint(src)
     layout = classify(ckpt.state_dict, ckpt.metadata)
     if whole:
-        check_whole_panorama(src, layout, ckpt.state_dict, "Convert without --whole to keep the CAA weights only")
+        check_whole_model(src, layout, ckpt.state_dict, "Convert without --whole to keep the CAA weights only")
     sd, info = caa_state_dict_from(ckpt, layout)  # validates the CAA blocks either way
     if whole:
         save_whole_file(ckpt.state_dict, dst, source=info["source"], model_kind=info["kind"], dtype=torch_dtype)

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 from .block import HEAD_DIM, check_features, like
 
-__all__ = ["TapPlan", "tap_plan", "FoldedWeights", "fold_weights", "fast_forward", "bytes_per_query",
-           "centred_positional_encoding", "pe_bytes"]
+__all__ = ["TapPlan", "tap_plan", "DeviceTaps", "device_taps", "FoldedWeights", "fold_weights", "fast_forward",
+           "bytes_per_query", "centred_positional_encoding", "pe_bytes"]
 
 # per-key work in chunks of at most this many bytes on CPUs (other devices use the whole working-memory budget):
 # big enough that the chunks' many small parallel ops do not stall a busy CPU (OpenMP barriers), no slower than
@@ -76,9 +76,8 @@ class TapPlan:
         return self.index.shape[1]
 
 
-@functools.lru_cache(maxsize=32)
 def tap_plan(plan) -> TapPlan:
-    """Taps for a :class:`geometry.LevelPlan` (cached per plan object: once per run)."""
+    """Taps for a :class:`geometry.LevelPlan` (build them once per run: ``caa/run_cache.py``)."""
     m, K, h, w = plan.valid.shape
     dev = plan.grid.device
     grid = plan.grid.float()
@@ -108,7 +107,7 @@ def tap_plan(plan) -> TapPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class _DeviceTaps:
+class DeviceTaps:
     """A :class:`TapPlan` on one device, in the layout :func:`fast_forward` uses."""
 
     index: torch.Tensor  # (m h w K, 4) int64
@@ -117,9 +116,9 @@ class _DeviceTaps:
     displacement: torch.Tensor  # (m h w, K, 2) float32
 
 
-@functools.lru_cache(maxsize=32)
-def _device_taps(taps: TapPlan, device: torch.device, dtype: torch.dtype) -> _DeviceTaps:
-    return _DeviceTaps(taps.index.reshape(-1, 4).to(device), taps.weight.reshape(-1, 4).to(device, dtype),
+def device_taps(taps: TapPlan, device: torch.device, dtype: torch.dtype) -> DeviceTaps:
+    """``taps`` on ``device`` with the weights in ``dtype``."""
+    return DeviceTaps(taps.index.reshape(-1, 4).to(device), taps.weight.reshape(-1, 4).to(device, dtype),
                        taps.valid.to(device), taps.displacement.to(device))
 
 
@@ -138,16 +137,16 @@ class FoldedWeights:
     bk: torch.Tensor
     bv: torch.Tensor
     eps: float
-    wq: torch.Tensor | None = None
-    wo: torch.Tensor | None = None
-    bo: torch.Tensor | None = None
-    w1: torch.Tensor | None = None
-    b1: torch.Tensor | None = None
-    w2: torch.Tensor | None = None
-    b2: torch.Tensor | None = None
-    norm1: tuple | None = None
-    norm2: tuple | None = None
-    eps2: float = 1e-5
+    wq: torch.Tensor
+    wo: torch.Tensor
+    bo: torch.Tensor
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    norm1: tuple
+    norm2: tuple
+    eps2: float
 
 
 def _as(layer, name: str, device, dtype) -> torch.Tensor:
@@ -210,13 +209,15 @@ def _centred_pe(displacement: torch.Tensor, freq: torch.Tensor, dtype: torch.dty
     return out
 
 
-def centred_positional_encoding(plan, freq: torch.Tensor, device, dtype, chunk_rows: int = 4096) -> torch.Tensor:
+def centred_positional_encoding(plan, freq: torch.Tensor, device, dtype, chunk_rows: int = 4096,
+                                taps: TapPlan | None = None) -> torch.Tensor:
     """The row-centred positional encodings of every key of a level: (m h w, K, C) in ``dtype`` on ``device``.
 
     They only depend on the plan and the block's frequencies: compute them once per run and pass them to
-    :func:`fast_forward` (``pe=``) of every block of this width at this level.
+    :func:`fast_forward` (``pe=``) of every block of this width at this level. ``taps``: the plan's
+    :func:`tap_plan` when already built.
     """
-    taps = tap_plan(plan)
+    taps = taps or tap_plan(plan)
     disp = taps.displacement.to(device)
     M, K = disp.shape[:2]
     C = 4 * freq.numel()
@@ -254,7 +255,7 @@ class _KeyGather:
     allocations of a few MB page-fault on every chunk). Elsewhere: ``F.embedding_bag`` plus the encodings.
     """
 
-    def __init__(self, taps: _DeviceTaps, pe, freq, key_chunk: int, channels: int, device, dtype):
+    def __init__(self, taps: DeviceTaps, pe, freq, key_chunk: int, channels: int, device, dtype):
         self.taps, self.pe, self.freq, self.dtype = taps, pe, freq, dtype
         self.K = taps.valid.shape[1]
         self.sparse = _sparse_gather_works(device.type, dtype)
@@ -282,28 +283,29 @@ class _KeyGather:
 
 def fast_forward(block, x: torch.Tensor, plan, folded: FoldedWeights | None = None,
                  max_bytes: int = 1 << 30, pe: torch.Tensor | None = None,
-                 key_chunk_bytes: int | None = None) -> torch.Tensor:
+                 key_chunk_bytes: int | None = None, taps: DeviceTaps | None = None) -> torch.Tensor:
     """Same result as ``block(x, plan)`` (the reference) to float rounding: x ((b m), C, h, w) -> same shape.
 
     ``folded``: this block's :func:`fold_weights` for x's device/dtype (computed if None); ``max_bytes``: the
     working-memory budget that sets the query chunk sizes; ``pe``: this level's
     :func:`centred_positional_encoding` for the block's frequencies, x's device and dtype (evaluated chunk by
     chunk if None); ``key_chunk_bytes``: the size of the per-key chunks (default: :data:`CPU_KEY_CHUNK_BYTES` on
-    CPUs, the budget elsewhere).
+    CPUs, the budget elsewhere); ``taps``: the plan's :func:`device_taps` for x's device and dtype (built if
+    None).
     """
     groups = check_features(x, plan)
     C, h, w = x.shape[1:]
     if C != block.dim:
         raise ValueError(f"CAA block of width {block.dim} got {C}-channel features")
     dev, dtype = x.device, x.dtype
-    plan_taps = tap_plan(plan)
-    M, K = plan_taps.rows, plan_taps.num_keys
+    if taps is None:
+        taps = device_taps(tap_plan(plan), dev, dtype)
+    M, K = taps.valid.shape
     if pe is not None and (tuple(pe.shape) != (M, K, C) or pe.dtype != dtype or pe.device != dev):
         raise ValueError(f"precomputed positional encodings of shape {tuple(pe.shape)} ({pe.dtype}, {pe.device}) "
                          f"do not fit this level: expected {(M, K, C)} ({dtype}, {dev})")
-    taps = _device_taps(plan_taps, dev, dtype)
     heads = C // HEAD_DIM
-    W = folded if folded is not None and folded.wq is not None else fold_weights(block, dev, dtype)
+    W = folded if folded is not None else fold_weights(block, dev, dtype)
     pe0 = block.query_pe().to(dev, dtype).reshape(1, C)
     freq = block.pe.freq_bands
     scale = HEAD_DIM ** -0.5

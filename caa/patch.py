@@ -5,12 +5,14 @@ module stays testable without the host. :func:`patch_model` returns a patched CL
 touched, and everything it adds lives in that clone:
 
 * encoder blocks: ``set_model_input_block_patch_after_skip`` (the skip is pushed before CAA, as officially);
-* mid and decoder blocks: ``add_object_patch`` of the layer they follow or precede, replaced by a shallow copy
-  whose class is a subclass of the original (extra work + the original forward). The copy shares every
-  parameter with the original, so state-dict and LoRA keys are unchanged and the UNet's ``isinstance``
-  dispatch still holds; ComfyUI puts the original back when the clone is unloaded;
-* an ``outer_sample`` wrapper that validates the run before sampling starts (view count, latent size, and
-  what would split or crop the views: area conditioning, context windows over the batch, multi-GPU);
+* mid and decoder blocks: ``add_object_patch`` of the layer they follow or precede with a layer copy that runs
+  the block (``caa/layers.py``);
+* a ``diffusion_model`` wrapper that checks, at every UNet call, how the host grouped the batch (below);
+* an ``outer_sample`` wrapper that validates the run before sampling starts (view count, latent size,
+  conditioning rows, and what would split or crop the views: area conditioning, context windows over the
+  batch, multi-GPU) and owns the run's cache (``caa/run_cache.py``: plans, tap tables, folded weights,
+  positional encodings), dropped in its ``finally``; an ``on_cleanup`` callback drops it too (the host's
+  cleanup, on every version; newer hosts also call the patch object's ``cleanup()``);
 * an ``on_clone`` callback: a clone normally shares the UNet, but where the host clones onto ANOTHER UNet
   instance (newer ComfyUI: multi-GPU copies, non-dynamic delegates), the layer copies are rebuilt from that
   UNet's own layers instead of grafting this one's into it;
@@ -20,36 +22,32 @@ touched, and everything it adds lives in that clone:
 * the CAA weights' own ModelPatcher (when given) through the patch object's ``models()``, so ComfyUI's model
   management loads, counts and offloads it with the UNet.
 
-Views of one scene are consecutive rows of every UNet call: a call holds k chunks of the whole latent batch
-(cond/uncond), and the latent batch is s scenes of m views, so rows ``[g*m:(g+1)*m]`` are one scene of one
-chunk. CAA runs on each group of m rows on its own: cond and uncond never mix, nor do scenes.
+Views of one scene are consecutive rows of every UNet call. The host (``comfy/samplers.py``) puts k chunks of
+the WHOLE latent batch in one call, ``transformer_options["cond_or_uncond"][j]`` naming chunk j, and the latent
+batch is s scenes of m views: so each chunk must hold a multiple of m rows, and rows ``[g*m:(g+1)*m]`` are then
+one scene of one chunk. CAA runs on each group of m rows on its own: cond and uncond never mix, nor do scenes;
+a call whose chunks would cut a scene's views apart is refused with a message.
 """
 from __future__ import annotations
 
-import copy
 import functools
-import itertools
 
 import torch
 
 from ..geometry.cameras import Rig
-from ..geometry.sampling_plan import level_plan, unet_level_sizes
-from .fast import centred_positional_encoding, fast_forward, fold_weights, pe_bytes
+from ..geometry.sampling_plan import unet_level_sizes
+from .fast import fast_forward
+from .layers import module_at, wrap_layer
 from .placement import Site, check_sites, unet_sites
+from .run_cache import CAA_WORK_BYTES, PE_CACHE_BYTES, RunCache, pe_candidates, pe_selection
 
-__all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "wrap_layer", "unwrap_layer"]
+__all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "reference_peak_bytes"]
 
 WRAPPER_KEY = "mvdiffusion"
-OUTER_SAMPLE = "outer_sample"  # comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
-PREPARE_SAMPLING = "prepare_sampling"  # comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING
-ON_CLONE = "on_clone"  # comfy.patcher_extension.CallbacksMP.ON_CLONE
+# comfy.patcher_extension.WrappersMP / CallbacksMP names
+OUTER_SAMPLE, PREPARE_SAMPLING, DIFFUSION_MODEL = "outer_sample", "prepare_sampling", "diffusion_model"
+ON_CLONE, ON_CLEANUP = "on_clone", "on_cleanup"
 VAE_FACTOR = 8
-# working memory of the fast path's query chunks (less when the device has less free memory)
-CAA_WORK_BYTES = 256 << 20
-# the fast path's per-run cache of positional encodings (they only depend on the cameras and the level): at
-# most this many bytes, and at most this fraction of the device's free memory when the run starts
-PE_CACHE_BYTES = 1 << 30
-PE_CACHE_FRACTION = 0.25
 IMPLEMENTATIONS = ("fast", "reference")
 
 
@@ -60,91 +58,54 @@ class MultiViewError(ValueError):
         super().__init__(f"MVDiffusion: {message}")
 
 
-# ---- layer wrappers (object patches) -------------------------------------------------------------------------
-_WRAPPER_CLASSES: dict = {}
+def reference_peak_bytes(rows: int, views: int, keys: int, channels: int, height: int, width: int,
+                         element_size: int) -> int:
+    """Peak working memory of the reference block (``caa/block.py``) on ``rows`` feature maps of C x h x w
+    (groups of ``views`` views, ``keys`` keys per query pixel).
+
+    It materialises the keys of every query pixel, E = rows K C h w numbers, several times at once: the
+    samples, the keys with their encodings, the masked keys, their LayerNorm, the key and value projections
+    and the attention's working copies (measured on the CPU: 7.3 to 7.9 E besides the encodings; counted as
+    8 E); plus the float32 encodings (views K h w C) and a few tensors of the queries' size (rows C h w)."""
+    e = rows * keys * channels * height * width
+    return 8 * e * element_size + 4 * (e * views // rows) + 4 * (e // keys) * element_size
 
 
-def _wrapper_class(cls: type, position: str) -> type:
-    key = (cls, position)
-    if key not in _WRAPPER_CLASSES:
-        if position == "before":
-            def forward(self, x, *args, **kwargs):
-                return cls.forward(self, self._mvd_hook(x), *args, **kwargs)
-        elif position == "after":
-            def forward(self, *args, **kwargs):
-                return self._mvd_hook(cls.forward(self, *args, **kwargs))
-        else:
-            raise ValueError(f"position must be 'before' or 'after', got {position!r}")
-        _WRAPPER_CLASSES[key] = type(f"MVDiffusion{position.title()}{cls.__name__}", (cls,),
-                                     {"forward": forward, "__module__": __name__})
-    return _WRAPPER_CLASSES[key]
-
-
-def wrap_layer(layer: torch.nn.Module, hook, position: str) -> torch.nn.Module:
-    """A shallow copy of ``layer`` that runs ``hook`` on its input ("before") or output ("after").
-
-    The copy has its own module/parameter dictionaries holding the SAME children and tensors as ``layer``;
-    ``layer`` itself is not modified.
-    """
-    layer = unwrap_layer(layer)
-    wrapped = copy.copy(layer)
-    for name in ("_modules", "_parameters", "_buffers"):
-        wrapped.__dict__[name] = dict(layer.__dict__[name])
-    wrapped.__class__ = _wrapper_class(type(layer), position)
-    wrapped.__dict__["_mvd_hook"] = hook
-    wrapped.__dict__["_mvd_original"] = layer
-    return wrapped
-
-
-def unwrap_layer(layer):
-    """The original layer behind a :func:`wrap_layer` copy (or the layer itself)."""
-    return layer.__dict__.get("_mvd_original", layer)
-
-
-# ---- the patch ---------------------------------------------------------------------------------------------
 class MultiViewPatch:
     """CAA for one model clone: the blocks, the rig, and where each block runs.
 
     ``caa``: a :class:`caa.blockset.CAASet`; ``weights``: the host ModelPatcher that holds ``caa`` (returned by
     ``models()`` so the host loads it), or None; ``implementation``: "fast" (``caa/fast.py``) or "reference"
     (the block's own forward); ``free_memory``: ``device -> bytes`` (the host's estimate), bounds the fast
-    path's chunks and its cache.
-
-    The fast path keeps two caches here, built on first use and dropped by the host's ``cleanup()``: each
-    block's folded weights, and the centred positional encodings of the levels that fit the budget
-    (:data:`PE_CACHE_BYTES`, at most :data:`PE_CACHE_FRACTION` of the free memory; blocks of one width at one
-    level share them). They only depend on the cameras, so a step of a run never recomputes them.
+    path's chunks and its cache. ``run_cache``: the :class:`RunCache` of the sampling run under way (None
+    between runs).
     """
 
     def __init__(self, caa, rig: Rig, sites: list[Site], weights=None, implementation: str = "fast",
                  free_memory=None):
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-        self.caa = caa
-        self.rig = rig
-        self.sites = list(sites)
-        self.weights = weights
-        self.implementation = implementation
-        self.free_memory = free_memory
+        self.caa, self.rig, self.sites, self.weights = caa, rig, list(sites), weights
+        self.implementation, self.free_memory = implementation, free_memory
         if rig.height % VAE_FACTOR or rig.width % VAE_FACTOR:
             raise MultiViewError(f"the camera views are {rig.width}x{rig.height} px; width and height must be "
                                  f"multiples of {VAE_FACTOR}")
         levels = max(s.level for s in self.sites) + 1
         self.level_sizes = unet_level_sizes(rig.height, rig.width, levels, VAE_FACTOR)
         self._encoder = {s.target: s for s in self.sites if s.hook == "after_input_block"}
-        self._folded = {}  # (block, device, dtype) -> FoldedWeights, built once per run
-        # (level, width, device, dtype) -> (freq_bands, centred positional encodings, {(id, data_ptr)} of the
-        # blocks' frequency buffers checked equal to freq_bands), built once per run
-        self._pe = {}
-        self._pe_cached = {}  # (device, dtype) -> {(level, width)} chosen for the cache
+        self.run_cache: RunCache | None = None
 
-    # ComfyUI calls patch objects with (h, transformer_options) for input_block_patch_after_skip
+    # ---- the blocks -------------------------------------------------------------------------------------------
     def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        """ComfyUI's ``input_block_patch_after_skip``: the encoder block after its input block, if any."""
         block = transformer_options.get("block")
         if not block or block[0] != "input":
             return h
         site = self._encoder.get(block[1])
         return h if site is None else self.run(site, h)
+
+    def hook(self, site: Site):
+        return functools.partial(self.run, site)
 
     def block(self, site: Site):
         if site.kind == "mid":
@@ -153,7 +114,6 @@ class MultiViewPatch:
 
     def run(self, site: Site, h: torch.Tensor) -> torch.Tensor:
         """Apply the site's block to the features h ((groups * m), C, h, w)."""
-        m = self.rig.num_views
         expected = self.level_sizes[site.level]
         if tuple(h.shape[-2:]) != expected:
             raise MultiViewError(
@@ -161,107 +121,117 @@ class MultiViewPatch:
                 f"{self.rig.width}x{self.rig.height} px expect {expected[0]}x{expected[1]}: something resized or "
                 "cropped the latent (area conditioning, Deep Shrink, a different image size); "
                 "MVDiffusion needs every view whole at the cameras' size")
-        if h.shape[0] % m:
-            raise MultiViewError(f"the UNet got a batch of {h.shape[0]} images, not a multiple of the {m} camera views "
-                                 "(something split the views of a scene apart)")
-        plan = level_plan(self.rig, expected[0], expected[1], h.device, h.dtype)
+        self.check_grouping(h.shape[0], None)
+        # outside a sampling run (a direct UNet call), the geometry is built for this call only
+        cache = self.run_cache or RunCache(self.rig, self.sites, self.level_sizes, self.free_memory)
         block = self.block(site)
         if self.implementation == "reference":
-            return block(h, plan)
-        key = (id(block), h.device, h.dtype)
-        if key not in self._folded:
-            self._folded[key] = fold_weights(block, h.device, h.dtype)
-        return fast_forward(block, h, plan, self._folded[key], self.work_bytes(h.device),
-                            pe=self.positional_encodings(site, block, plan, h.device, h.dtype))
+            return block(h, cache.plan(site.level, h.device, h.dtype))
+        return fast_forward(block, h, cache.plan(site.level), cache.folded_weights(block, h.device, h.dtype),
+                            cache.work_bytes(h.device), pe=cache.positional_encodings(site, block, h.device, h.dtype),
+                            taps=cache.device_taps(site.level, h.device, h.dtype))
 
-    def work_bytes(self, device) -> int:
-        if self.free_memory is None:
-            return CAA_WORK_BYTES
-        return max(64 << 20, min(CAA_WORK_BYTES, int(self.free_memory(device) * 0.5)))
+    # ---- how the host grouped the batch (diffusion_model wrapper) ---------------------------------------------
+    def check_grouping(self, rows: int, cond_or_uncond) -> None:
+        """Refuse a UNet call whose rows cannot be cut into whole scenes of m views within each cond/uncond chunk.
 
-    # ---- per-run cache of the positional encodings (fast path) ----
-    def pe_candidates(self, element_size: int) -> dict:
-        """``{(level, width): (bytes, number of blocks using it)}``: the positional encodings a run can cache
-        (blocks of one width at one level share them)."""
-        keys = 9 * len(self.rig.neighbours[0])
-        out = {}
-        for site in self.sites:
-            h, w = self.level_sizes[site.level]
-            size = pe_bytes(self.rig.num_views * h * w, keys, site.width, element_size)
-            uses = out.get((site.level, site.width), (size, 0))[1]
-            out[(site.level, site.width)] = (size, uses + 1)
-        return out
+        ``cond_or_uncond``: the host's list naming the call's chunks (None: unknown, one chunk)."""
+        m = self.rig.num_views
+        chunks = len(cond_or_uncond) if cond_or_uncond else 1
+        if rows % chunks:
+            raise MultiViewError(f"the UNet got {rows} rows for {chunks} cond/uncond chunks: the chunks differ in "
+                                 "size, so the views of a scene cannot be found")
+        if (rows // chunks) % m:
+            what = f"{chunks} cond/uncond chunks of {rows // chunks} images" if chunks > 1 else f"{rows} images"
+            raise MultiViewError(f"the UNet got {what}, not a multiple of the {m} camera views (something split "
+                                 "the views of a scene apart, or the latent batch does not hold whole scenes)")
 
-    def pe_selection(self, element_size: int, budget: int) -> set:
-        """The (level, width) entries to cache within ``budget`` bytes: the most encodings saved per forward
-        (bytes times the blocks sharing them); every subset is tried (there are a handful)."""
-        items = list(self.pe_candidates(element_size).items())
-        best, best_saved = set(), 0
-        for n in range(1, len(items) + 1):
-            for subset in itertools.combinations(items, n):
-                size = sum(v[0] for _, v in subset)
-                saved = sum(v[0] * v[1] for _, v in subset)
-                if size <= budget and saved > best_saved:
-                    best, best_saved = {k for k, _ in subset}, saved
-        return best
+    def diffusion_model(self, executor, x, *args, **kwargs):
+        """ComfyUI's ``diffusion_model`` wrapper: check the call's grouping from the host's own chunk list."""
+        options = args[4] if len(args) > 4 else kwargs.get("transformer_options", {})
+        self.check_grouping(x.shape[0], (options or {}).get("cond_or_uncond"))
+        return executor(x, *args, **kwargs)
 
-    def pe_budget(self, device) -> int:
-        if self.free_memory is None:
-            return PE_CACHE_BYTES
-        return max(0, min(PE_CACHE_BYTES, int(self.free_memory(device) * PE_CACHE_FRACTION)))
+    # ---- the run: validation before sampling, its cache, and its end -----------------------------------------
+    def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
+        """ComfyUI's ``outer_sample`` wrapper: validate the run, give it a fresh cache, drop the cache after."""
+        guider = getattr(executor, "class_obj", None)
+        self.validate(tuple(latent_image.shape), getattr(guider, "conds", None) or {},
+                      getattr(guider, "model_options", None) or {}, getattr(guider, "model_patcher", None))
+        self.begin_run()
+        try:
+            return executor(noise, latent_image, *args, **kwargs)
+        finally:
+            self.end_run()
 
-    def positional_encodings(self, site: Site, block, plan, device, dtype):
-        """This level's centred positional encodings for ``block`` from the run's cache (built on first use), or
-        None when the budget leaves them out (the fast path then evaluates them chunk by chunk)."""
-        if (device, dtype) not in self._pe_cached:
-            element_size = torch.empty((), dtype=dtype).element_size()
-            self._pe_cached[(device, dtype)] = self.pe_selection(element_size, self.pe_budget(device))
-        if (site.level, site.width) not in self._pe_cached[(device, dtype)]:
-            return None
-        key, freq = (site.level, site.width, device, dtype), block.pe.freq_bands
-        entry = self._pe.get(key)
-        # blocks of one width share the entry when their frequencies are equal (checked once per buffer and run,
-        # like the folded weights; no version counters: the host's inference tensors have none)
-        buffer = (id(freq), freq.data_ptr())
-        if entry is None or buffer not in entry[2]:
-            if entry is None or not torch.equal(entry[0], freq.to(entry[0].device)):
-                entry = (freq.detach().clone(), centred_positional_encoding(plan, freq, device, dtype), set())
-                self._pe[key] = entry
-            entry[2].add(buffer)
-        return entry[1]
+    def begin_run(self) -> RunCache:
+        """Start a run: a fresh cache for everything the run builds (until :meth:`end_run`)."""
+        self.run_cache = RunCache(self.rig, self.sites, self.level_sizes, self.free_memory)
+        return self.run_cache
 
-    def hook(self, site: Site):
-        return functools.partial(self.run, site)
+    def end_run(self, *args) -> None:
+        """Drop everything the run built (plans, tap tables, folded weights, encodings). Also the host's
+        ``on_cleanup`` callback (called with the patcher) and, on newer hosts, its ``cleanup()`` call."""
+        self.run_cache = None
 
-    def apply_layer_patches(self, patcher, own_layers: bool = False) -> None:
-        """Object-patch ``patcher`` with layer copies that run the mid/decoder blocks.
+    cleanup = end_run
 
-        The copied layer is the patcher's current object (its own object patch if it has one, so patches of
-        other packs on the same layer are kept), or with ``own_layers`` the layer of the patcher's UNet itself.
-        """
-        for site in self.sites:
-            if site.hook == "after_input_block":
-                continue
-            layer = _module_at(patcher.model, site.target) if own_layers else patcher.get_model_object(site.target)
-            position = "after" if site.hook == "after_layer" else "before"
-            patcher.add_object_patch(site.target, wrap_layer(layer, self.hook(site), position))
+    def validate(self, latent_shape: tuple, conds: dict, model_options: dict, model_patcher=None) -> None:
+        m = self.rig.num_views
+        if len(latent_shape) != 4:
+            raise MultiViewError(f"expected an image latent (batch, channels, height, width), got shape {latent_shape}")
+        if latent_shape[0] % m:
+            raise MultiViewError(f"the latent batch holds {latent_shape[0]} images, but the cameras have {m} views: "
+                                 f"use a batch of {m} (or a multiple of {m} for several scenes), e.g. "
+                                 f"'Empty Panorama Latent' or Empty Latent Image with batch_size {m}")
+        want = self.level_sizes[0]
+        if tuple(latent_shape[-2:]) != want:
+            raise MultiViewError(
+                f"the latent is {latent_shape[-1] * VAE_FACTOR}x{latent_shape[-2] * VAE_FACTOR} px "
+                f"({latent_shape[-1]}x{latent_shape[-2]} latent) but the cameras are {self.rig.width}x{self.rig.height}"
+                " px: make the latent and the Panorama Cameras the same size")
+        for name, cond_list in conds.items():
+            for cond in cond_list or []:
+                if not isinstance(cond, dict):
+                    continue
+                if cond.get("area") is not None:
+                    raise MultiViewError(f"area conditioning ({name}) crops the latent and would cut the views apart; "
+                                         "remove ConditioningSetArea (per-view prompts: use 'Panorama Prompts')")
+                self.check_rows(name, cond.get("cross_attn"), latent_shape[0])
+        if model_options.get("context_handler") is not None:
+            raise MultiViewError("context windows split the batch of views; remove the context-windows node from "
+                                 "this model")
+        multigpu = getattr(model_patcher, "get_additional_models_with_key", lambda key: [])("multigpu")
+        if model_options.get("multigpu_clones") or model_options.get("multigpu_options") or multigpu:
+            raise MultiViewError("multi-GPU splitting would send the views of one scene to different GPUs; "
+                                 "sample MVDiffusion on one GPU")
 
-    def on_clone(self, source, clone) -> None:
-        """ComfyUI's ON_CLONE callback: when the clone holds another UNet instance, rebuild the layer copies."""
-        if getattr(clone, "model", None) is not getattr(source, "model", None):
-            self.apply_layer_patches(clone, own_layers=True)
+    def check_rows(self, name: str, cond, batch: int) -> None:
+        """A conditioning tensor (rows, tokens, C) must have 1 row (every view) or one per view (of one scene,
+        repeated for every scene, or of every scene): the host repeats or truncates other counts silently."""
+        rows, m = (int(cond.shape[0]) if isinstance(cond, torch.Tensor) and cond.ndim == 3 else 1), self.rig.num_views
+        if rows != 1 and (rows % m or batch % rows):
+            raise MultiViewError(
+                f"the {name} conditioning has {rows} rows, but with {m} camera views (latent batch {batch}) it needs "
+                f"1 row (shared by every view) or one per view ({m} rows in view order, or {batch} for every view "
+                "of every scene): check what combined it (e.g. ConditioningConcat of conditionings with different "
+                "row counts, or a batch of prompts made for another number of views)")
 
-    # ---- memory estimate (prepare_sampling wrapper) ----
+    # ---- memory estimate (prepare_sampling wrapper) ----------------------------------------------------------
     def extra_memory(self, latent_batch: int, element_size: int) -> int:
-        """Bytes CAA needs on top of the UNet for a latent batch (cond and uncond): the fast path's copies of
-        the biggest level's features (centred rows, result, chunk buffers), its query-chunk working memory and
-        its per-run cache of positional encodings."""
+        """Bytes CAA needs on top of the UNet for a latent batch (cond and uncond: 2 rows per latent)."""
+        rows = 2 * latent_batch
         (h, w), width = self.level_sizes[0], max(s.width for s in self.sites if s.level == 0)
-        features = 3 * 2 * latent_batch * h * w * width * element_size
         if self.implementation == "reference":
-            return features + CAA_WORK_BYTES
-        candidates = self.pe_candidates(element_size)
-        pe = sum(candidates[k][0] for k in self.pe_selection(element_size, PE_CACHE_BYTES))
+            keys = 9 * len(self.rig.neighbours[0])
+            return max(reference_peak_bytes(rows, self.rig.num_views, keys, s.width, *self.level_sizes[s.level],
+                                            element_size) for s in self.sites)
+        # the fast path: copies of the biggest level's features (rows, centred rows, result), its query-chunk
+        # working memory and its per-run cache of positional encodings
+        features = 3 * rows * h * w * width * element_size
+        keys = 9 * len(self.rig.neighbours[0])
+        candidates = pe_candidates(self.sites, self.level_sizes, self.rig.num_views, keys, element_size)
+        pe = sum(candidates[k][0] for k in pe_selection(candidates, PE_CACHE_BYTES))
         return features + CAA_WORK_BYTES + pe
 
     def prepare_sampling(self, executor, model, noise_shape, conds, *args, **kwargs):
@@ -272,58 +242,34 @@ class MultiViewPatch:
             noise_shape = [noise_shape[0] + extra_rows] + list(noise_shape[1:])
         return executor(model, noise_shape, conds, *args, **kwargs)
 
-    # ---- validation before sampling (outer_sample wrapper) ----
-    def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
-        guider = getattr(executor, "class_obj", None)
-        self.validate(tuple(latent_image.shape), getattr(guider, "conds", None) or {},
-                      getattr(guider, "model_options", None) or {}, getattr(guider, "model_patcher", None))
-        return executor(noise, latent_image, *args, **kwargs)
+    # ---- layer copies and clones -----------------------------------------------------------------------------
+    def apply_layer_patches(self, patcher, own_layers: bool = False) -> None:
+        """Object-patch ``patcher`` with layer copies that run the mid/decoder blocks.
 
-    def validate(self, latent_shape: tuple, conds: dict, model_options: dict, model_patcher=None) -> None:
-        m = self.rig.num_views
-        if len(latent_shape) != 4:
-            raise MultiViewError(f"expected an image latent (batch, channels, height, width), got shape {latent_shape}")
-        if latent_shape[0] % m:
-            raise MultiViewError(f"the latent batch holds {latent_shape[0]} images, but the cameras have {m} views: "
-                                 f"use a batch of {m} (or a multiple of {m} for several scenes), e.g. "
-                                 "'Empty Panorama Latent' or Empty Latent Image with batch_size "
-                                 f"{m}")
-        want = self.level_sizes[0]
-        if tuple(latent_shape[-2:]) != want:
-            raise MultiViewError(
-                f"the latent is {latent_shape[-1] * VAE_FACTOR}x{latent_shape[-2] * VAE_FACTOR} px "
-                f"({latent_shape[-1]}x{latent_shape[-2]} latent) but the cameras are {self.rig.width}x{self.rig.height}"
-                " px: make the latent and the Panorama Cameras the same size")
-        for name, cond_list in conds.items():
-            for cond in cond_list or []:
-                if isinstance(cond, dict) and cond.get("area") is not None:
-                    raise MultiViewError(f"area conditioning ({name}) crops the latent and would cut the views apart; "
-                                         "remove ConditioningSetArea (per-view prompts: use 'Panorama Prompts')")
-        if model_options.get("context_handler") is not None:
-            raise MultiViewError("context windows split the batch of views; remove the context-windows node from "
-                                 "this model")
-        multigpu = getattr(model_patcher, "get_additional_models_with_key", lambda key: [])("multigpu")
-        if model_options.get("multigpu_clones") or model_options.get("multigpu_options") or multigpu:
-            raise MultiViewError("multi-GPU splitting would send the views of one scene to different GPUs; "
-                                 "sample MVDiffusion on one GPU")
+        The copied layer is the patcher's current object (its own object patch if it has one, so patches of
+        other packs on the same layer are kept), or with ``own_layers`` the layer of the patcher's UNet itself.
+        """
+        for site in self.sites:
+            if site.hook == "after_input_block":
+                continue
+            layer = module_at(patcher.model, site.target) if own_layers else patcher.get_model_object(site.target)
+            position = "after" if site.hook == "after_layer" else "before"
+            patcher.add_object_patch(site.target, wrap_layer(layer, self.hook(site), position))
 
-    # ---- ModelPatcher patch-object protocol ----
+    def on_clone(self, source, clone) -> None:
+        """ComfyUI's ON_CLONE callback: when the clone holds another UNet instance, rebuild the layer copies."""
+        if getattr(clone, "model", None) is not getattr(source, "model", None):
+            self.apply_layer_patches(clone, own_layers=True)
+
+    # ---- ModelPatcher patch-object protocol ------------------------------------------------------------------
     def models(self) -> list:
         return [self.weights] if self.weights is not None else []
 
     def to(self, device_or_dtype):
         return self
 
-    def cleanup(self) -> None:
-        """Called by the host after sampling: drop the per-run caches, folded weights and positional encodings
-        (rebuilt on the next run)."""
-        self._folded.clear()
-        self._pe.clear()
-        self._pe_cached.clear()
-
     def __deepcopy__(self, memo):
-        # ComfyUI 0.3.x deep-copies model_options on clone: share this (immutable) patch instead of copying
-        # the CAA weights with it
+        # ComfyUI 0.3.x deep-copies model_options on clone: share this patch instead of copying the CAA weights
         return self
 
 
@@ -343,16 +289,11 @@ def patch_model(model_patcher, caa, rig: Rig, weights=None, implementation: str 
     patches["input_block_patch_after_skip"] = [p for p in previous if not isinstance(p, MultiViewPatch)]
     clone.set_model_input_block_patch_after_skip(patch)
     patch.apply_layer_patches(clone)
-    for kind, wrapper in ((OUTER_SAMPLE, patch.outer_sample), (PREPARE_SAMPLING, patch.prepare_sampling)):
+    for kind, wrapper in ((OUTER_SAMPLE, patch.outer_sample), (PREPARE_SAMPLING, patch.prepare_sampling),
+                          (DIFFUSION_MODEL, patch.diffusion_model)):
         clone.remove_wrappers_with_key(kind, WRAPPER_KEY)
         clone.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
-    clone.remove_callbacks_with_key(ON_CLONE, WRAPPER_KEY)
-    clone.add_callback_with_key(ON_CLONE, WRAPPER_KEY, patch.on_clone)
+    for kind, callback in ((ON_CLONE, patch.on_clone), (ON_CLEANUP, patch.end_run)):
+        clone.remove_callbacks_with_key(kind, WRAPPER_KEY)
+        clone.add_callback_with_key(kind, WRAPPER_KEY, callback)
     return clone
-
-
-def _module_at(root, path: str):
-    """The submodule at a dotted ``path`` of ``root`` (e.g. "diffusion_model.output_blocks.2.2")."""
-    for name in path.split("."):
-        root = getattr(root, name)
-    return root

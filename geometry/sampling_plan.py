@@ -8,7 +8,8 @@ around its correspondence in each neighbour j. The plan holds, for every query p
 * the sample point mapped back into view i, relative to the query pixel, in query-map pixels
   (``displacement``; it feeds the positional encoding).
 
-It depends only on the rig and the sizes, so it is built once per run (cached here) and never per step.
+It depends only on the rig and the sizes, so a sampling run builds it once (``caa/run_cache.py``), never per
+step.
 The construction reproduces the official ``get_key_value`` (src/models/pano/utils.py) in float32, in its order:
 
 1. ``s_q = H // h`` (query scale), ``s_k = W // w`` (key scale; the official code uses ``W // h_key``, the same
@@ -28,7 +29,6 @@ axis (``sample_weight``). Maps of at least 2x2 reproduce the official numbers.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -152,19 +152,11 @@ def build_level_plan(rig: Rig, height: int, width: int) -> LevelPlan:
                      per_view(displacement), h, w, H, W)
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_cpu_plan(rig: Rig, height: int, width: int) -> LevelPlan:
-    return build_level_plan(rig, height, width)
-
-
-@functools.lru_cache(maxsize=64)
 def level_plan(rig: Rig, height: int, width: int, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32) -> LevelPlan:
-    """The cached plan for a rig and a feature-map size, on ``device`` with the grid in ``dtype``.
-
-    Built once on the CPU (bit-reproducible float32) per (rig, sizes), then copied once per (device, dtype).
-    """
-    plan = _cached_cpu_plan(rig, int(height), int(width))
+    """:func:`build_level_plan` (on the CPU, bit-reproducible float32), then moved to ``device`` with the grid
+    in ``dtype``. Not cached: a sampling run keeps its plans for its own duration (``caa/run_cache.py``)."""
+    plan = build_level_plan(rig, int(height), int(width))
     if device is None and dtype == torch.float32:
         return plan
     return plan.to(device=device, dtype=dtype)

@@ -39,7 +39,7 @@ import comfy.sd
 import comfy.utils
 
 from ..caa import checkpoint as ckpt_io
-from ..caa.checkpoint import CheckpointError
+from ..caa.checkpoint import CheckpointError, checkpoint_error
 
 __all__ = ["CheckpointError", "load_mvdiffusion_checkpoint", "load_caa_weights_file", "load_unet_part",
            "load_vae_part", "load_clip_part", "diffusers_unet_to_ldm", "complete_sd2_text_encoder",
@@ -57,10 +57,6 @@ CLIP_FILLED = tuple(f"text_model.encoder.layers.23.{n}" for n in (
     "layer_norm2.weight", "layer_norm2.bias")) + ("text_projection.weight",)
 
 
-def _fail(path, problem: str, todo: str | None = None) -> CheckpointError:
-    return CheckpointError(f"{path}: {problem}" + (f". {todo}" if todo else ""))
-
-
 def _key_report(expected, given) -> dict:
     expected, given = set(expected), set(given)
     return {"missing": sorted(expected - given), "unexpected": sorted(given - expected)}
@@ -68,7 +64,7 @@ def _key_report(expected, given) -> dict:
 
 def _host_error(source, part: str, e: BaseException) -> CheckpointError:
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return _fail(source, f"ComfyUI could not load the {part} ({type(e).__name__}: {first})",
+    return checkpoint_error(source, f"ComfyUI could not load the {part} ({type(e).__name__}: {first})",
                  "The checkpoint is damaged or its tensors have unexpected shapes; download it again")
 
 
@@ -88,7 +84,7 @@ def diffusers_unet_to_ldm(unet_sd: dict, source="<UNet>") -> tuple[dict, dict, l
     """
     conv_in = unet_sd.get("conv_in.weight")
     if conv_in is None or conv_in.ndim != 4:
-        raise _fail(source, "the UNet part has no conv_in.weight (not a diffusers UNet)")
+        raise checkpoint_error(source, "the UNet part has no conv_in.weight (not a diffusers UNet)")
     in_channels = int(conv_in.shape[1])
     config = comfy.model_detection.unet_config_from_diffusers_unet(unet_sd)
     if config is None and in_channels != 4:
@@ -98,7 +94,7 @@ def diffusers_unet_to_ldm(unet_sd: dict, source="<UNet>") -> tuple[dict, dict, l
         if config is not None:
             config = dict(config, in_channels=in_channels)
     if config is None:
-        raise _fail(source, f"ComfyUI does not recognise this diffusers UNet ({in_channels} input channels, "
+        raise checkpoint_error(source, f"ComfyUI does not recognise this diffusers UNet ({in_channels} input channels, "
                             f"{len(unet_sd)} tensors) as an SD2 UNet",
                     "The checkpoint is damaged or not an MVDiffusion release")
     key_map = comfy.utils.unet_to_diffusers(config)
@@ -115,7 +111,7 @@ def load_unet_part(unet_sd: dict, source="<UNet>", model_options: dict | None = 
     """
     ldm, config, unmapped = diffusers_unet_to_ldm(unet_sd, source)
     if unmapped:
-        raise _fail(source, f"the UNet has {len(unmapped)} tensors an SD2 UNet does not have: {_sample(unmapped)}",
+        raise checkpoint_error(source, f"the UNet has {len(unmapped)} tensors an SD2 UNet does not have: {_sample(unmapped)}",
                     "The checkpoint is damaged or not an MVDiffusion release")
     given = set(ldm)
     try:
@@ -123,10 +119,10 @@ def load_unet_part(unet_sd: dict, source="<UNet>", model_options: dict | None = 
     except (RuntimeError, ValueError, KeyError) as e:
         raise _host_error(source, "UNet", e) from None
     if model is None:
-        raise _fail(source, "ComfyUI could not detect the UNet's model type")
+        raise checkpoint_error(source, "ComfyUI could not detect the UNet's model type")
     report = _key_report(model.model.diffusion_model.state_dict().keys(), given)
     if report["missing"] or report["unexpected"]:
-        raise _fail(source, f"the UNet does not fit ComfyUI's SD2 UNet: {len(report['missing'])} weights missing "
+        raise checkpoint_error(source, f"the UNet does not fit ComfyUI's SD2 UNet: {len(report['missing'])} weights missing "
                             f"({_sample(report['missing'])}), {len(report['unexpected'])} unexpected "
                             f"({_sample(report['unexpected'])})", "The checkpoint is damaged; download it again")
     report.update(in_channels=config["in_channels"],
@@ -141,7 +137,7 @@ def load_unet_part(unet_sd: dict, source="<UNet>", model_options: dict | None = 
 def load_vae_part(vae_sd: dict, source="<VAE>"):
     """The host's VAE from diffusers-named AutoencoderKL weights; returns ``(vae, report)``."""
     if "decoder.up_blocks.0.resnets.0.norm1.weight" not in vae_sd:
-        raise _fail(source, "the VAE part is not a diffusers AutoencoderKL (no decoder.up_blocks.*)")
+        raise checkpoint_error(source, "the VAE part is not a diffusers AutoencoderKL (no decoder.up_blocks.*)")
     ldm = comfy.diffusers_convert.convert_vae_state_dict(dict(vae_sd))
     given = set(ldm)
     try:
@@ -150,7 +146,7 @@ def load_vae_part(vae_sd: dict, source="<VAE>"):
         raise _host_error(source, "VAE", e) from None
     report = _key_report(vae.first_stage_model.state_dict().keys(), given)
     if report["missing"]:
-        raise _fail(source, f"ComfyUI's VAE has {len(report['missing'])} weights the file does not provide: "
+        raise checkpoint_error(source, f"ComfyUI's VAE has {len(report['missing'])} weights the file does not provide: "
                             f"{_sample(report['missing'])}")
     return vae, report
 
@@ -206,12 +202,12 @@ def load_clip_part(te_sd: dict, source="<text encoder>", embedding_directory=Non
     """The host's CLIP (SD2 / OpenCLIP-H) from transformers-named CLIPTextModel weights; ``(clip, report)``."""
     layer = "text_model.encoder.layers.{}.mlp.fc1.weight"
     if layer.format(22) not in te_sd or layer.format(30) in te_sd:
-        raise _fail(source, "the text encoder is not SD2's OpenCLIP-H (expected 23 or 24 layers of width 1024 in "
+        raise checkpoint_error(source, "the text encoder is not SD2's OpenCLIP-H (expected 23 or 24 layers of width 1024 in "
                             "transformers naming)")
     try:
         sd, filled, dropped = complete_sd2_text_encoder(te_sd)
     except ValueError as e:
-        raise _fail(source, f"the text encoder is incomplete: {e}") from None
+        raise checkpoint_error(source, f"the text encoder is incomplete: {e}") from None
     given = set(sd)
     try:
         clip = comfy.sd.load_text_encoder_state_dicts([sd], embedding_directory=embedding_directory,
@@ -220,7 +216,7 @@ def load_clip_part(te_sd: dict, source="<text encoder>", embedding_directory=Non
         raise _host_error(source, "text encoder", e) from None
     report = _key_report(_clip_transformer(clip).state_dict().keys(), given)
     if report["missing"]:
-        raise _fail(source, f"ComfyUI's SD2 text encoder has {len(report['missing'])} weights the file does not "
+        raise checkpoint_error(source, f"ComfyUI's SD2 text encoder has {len(report['missing'])} weights the file does not "
                             f"provide: {_sample(report['missing'])}")
     report.update(filled=filled, dropped=dropped)
     return clip, report
@@ -247,14 +243,13 @@ def load_mvdiffusion_checkpoint(path):
     """
     ckpt = ckpt_io.read_checkpoint(path)
     layout = ckpt_io.classify(ckpt.state_dict, ckpt.metadata)
-    ckpt_io.check_whole_panorama(path, layout, ckpt.state_dict)
+    ckpt_io.check_whole_model(path, layout, ckpt.state_dict)
     caa_sd, info = ckpt_io.caa_state_dict_from(ckpt, layout)
     parts = ckpt_io.split_official(ckpt.state_dict)
     name = ckpt.path.name
     model, unet_report = load_unet_part(parts["unet"], f"{path} (UNet)")
-    expected_in = 9 if layout.kind == ckpt_io.PANO_OUTPAINT else 4
-    if unet_report["in_channels"] != expected_in:  # pragma: no cover - classify() already guarantees it
-        raise _fail(path, f"UNet with {unet_report['in_channels']} input channels for a {layout.kind} model")
+    if unet_report["in_channels"] != layout.spec.unet_in:  # pragma: no cover - classify() already guarantees it
+        raise checkpoint_error(path, f"UNet with {unet_report['in_channels']} input channels for a {layout.kind} model")
     vae, vae_report = load_vae_part(parts["vae"], f"{path} (VAE)")
     clip, clip_report = load_clip_part(parts["text_encoder"], f"{path} (text encoder)", _embedding_directory())
     info.update(unet=unet_report, vae=vae_report, clip=clip_report, parts=list(layout.parts))

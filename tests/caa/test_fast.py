@@ -11,6 +11,7 @@ from comfyui_mvdiffusion.caa.fast import (bytes_per_query, centred_positional_en
                                           tap_plan)
 from comfyui_mvdiffusion.caa.patch import MultiViewPatch
 from comfyui_mvdiffusion.caa.placement import Site
+from comfyui_mvdiffusion.caa.run_cache import RunCache, pe_candidates, pe_selection
 from comfyui_mvdiffusion.caa.positional_encoding import frequency_bands, positional_encoding
 from comfyui_mvdiffusion.geometry import level_plan, pano_rig, unet_level_sizes
 
@@ -182,35 +183,37 @@ def sd2_sites(levels: int = 4):
     return sites
 
 
-def test_the_patch_caches_each_levels_encodings_once_and_gives_the_uncached_result():
+def test_a_runs_cache_builds_each_levels_encodings_once_and_gives_the_uncached_result():
     rig = pano_rig(8, 90, 128, 128)
     caa = CAASet()
     for _, _, block in caa.named_blocks():
         block.load_state_dict(random_block(block.dim, seed=block.dim).state_dict())
     cached = MultiViewPatch(caa, rig, sd2_sites())
-    uncached = MultiViewPatch(caa, rig, sd2_sites())
-    uncached.pe_budget = lambda device: 0
+    uncached = MultiViewPatch(caa, rig, sd2_sites(), free_memory=lambda device: 0)  # no room for the cache
+    for patch in (cached, uncached):
+        patch.run_cache = RunCache(rig, patch.sites, patch.level_sizes, patch.free_memory)
     gen = torch.Generator().manual_seed(6)
     with torch.no_grad():
         for site in cached.sites:
             h = torch.randn(16, site.width, *cached.level_sizes[site.level], generator=gen)
             assert torch.allclose(cached.run(site, h), uncached.run(site, h), atol=1e-5, rtol=1e-5), site
     # blocks of one width at one level share the encodings: level 3 (mid, encoder 3, decoder 0) is one entry
-    assert set(cached._pe) == {(level, width, torch.device("cpu"), torch.float32)
-                               for level, width in [(0, 320), (1, 640), (2, 1280), (3, 1280)]}
-    assert not uncached._pe
-    cached.cleanup()
-    assert not cached._pe
+    assert set(cached.run_cache.encodings) == {(level, width, torch.device("cpu"), torch.float32)
+                                               for level, width in [(0, 320), (1, 640), (2, 1280), (3, 1280)]}
+    assert not uncached.run_cache.encodings
+    cached.end_run()
+    assert cached.run_cache is None
 
 
 def test_the_encodings_cache_saves_the_most_evaluations_within_its_budget():
     patch = MultiViewPatch(CAASet(), pano_rig(8, 90, 512, 512), sd2_sites())
-    sizes = {key: size for key, (size, _) in patch.pe_candidates(4).items()}
+    candidates = pe_candidates(patch.sites, patch.level_sizes, 8, 18, 4)
+    sizes = {key: size for key, (size, _) in candidates.items()}
     # 512 px, float32: 755 MB (64x64, 320 wide), 377 MB, 189 MB, 47 MB (8x8, three blocks)
     assert sizes[(0, 320)] == 8 * 64 * 64 * 18 * 320 * 4
-    assert patch.pe_candidates(4)[(3, 1280)][1] == 3
-    assert patch.pe_selection(4, 1 << 30) == {(0, 320), (2, 1280), (3, 1280)}
-    assert patch.pe_selection(4, 700 << 20) == {(1, 640), (2, 1280), (3, 1280)}
-    assert patch.pe_selection(4, 10 << 20) == set()
+    assert candidates[(3, 1280)][1] == 3
+    assert pe_selection(candidates, 1 << 30) == {(0, 320), (2, 1280), (3, 1280)}
+    assert pe_selection(candidates, 700 << 20) == {(1, 640), (2, 1280), (3, 1280)}
+    assert pe_selection(candidates, 10 << 20) == set()
     everything = sum(sizes.values())
-    assert patch.pe_selection(4, everything) == set(sizes)
+    assert pe_selection(candidates, everything) == set(sizes)

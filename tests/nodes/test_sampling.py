@@ -100,12 +100,8 @@ def test_cond_and_uncond_chunks_never_mix(comfy, graph, sd2, caa, cameras):
     assert graph.max_rel(out[8:], alone) < 1e-5
 
 
-def test_cond_and_uncond_in_separate_calls_give_the_batched_result(comfy, graph, sd2, caa, cameras, prompts,
-                                                                   monkeypatch):
-    """Under memory pressure ComfyUI runs cond and uncond in separate UNet calls: same result."""
-    model = apply(graph, sd2.model, caa, cameras)
-    lat = graph.latent(cameras)
-    together = graph.ksample(model, prompts.pos, prompts.neg, lat)
+def record_unet_calls(model, monkeypatch) -> list:
+    """The batch size of every UNet call of ``model`` (appended as the host makes them)."""
     calls = []
     diffusion_model = model.model.diffusion_model
     real_forward = diffusion_model.forward
@@ -115,17 +111,38 @@ def test_cond_and_uncond_in_separate_calls_give_the_batched_result(comfy, graph,
         return real_forward(x, *args, **kwargs)
 
     monkeypatch.setattr(diffusion_model, "forward", counting_forward)
-    free = model.model.memory_required([12, 4, 8, 8])  # room for one chunk of 8 views, not for two
+    return calls
+
+
+def low_memory(comfy, model, monkeypatch) -> None:
+    """Make the host believe it has room for one chunk of 8 views per UNet call, not for two."""
+    free = model.model.memory_required([12, 4, 8, 8])
     monkeypatch.setattr(comfy.mm, "get_free_memory",
                         lambda dev=None, torch_free_too=False: (free, free) if torch_free_too else free)
+
+
+def test_cond_and_uncond_in_separate_calls_give_the_batched_result(comfy, graph, sd2, caa, cameras, prompts,
+                                                                   monkeypatch):
+    """Under memory pressure ComfyUI runs cond and uncond in separate UNet calls: same result."""
+    model = apply(graph, sd2.model, caa, cameras)
+    lat = graph.latent(cameras)
+    together = graph.ksample(model, prompts.pos, prompts.neg, lat)
+    calls = record_unet_calls(model, monkeypatch)
+    low_memory(comfy, model, monkeypatch)
     separate = graph.ksample(model, prompts.pos, prompts.neg, lat)
     assert calls and set(calls) == {8}, calls
     assert graph.max_rel(separate, together) < 1e-5
 
 
-def test_cfg_1_samples_the_cond_chunk_alone(graph, sd2, caa, zero_caa, cameras, prompts):
+def test_cfg_1_samples_the_cond_chunk_alone(graph, sd2, caa, zero_caa, cameras, prompts, monkeypatch):
     lat = graph.latent(cameras)
-    patched = graph.ksample(apply(graph, sd2.model, caa, cameras), prompts.pos, prompts.neg, lat, cfg=1.0)
+    model = apply(graph, sd2.model, caa, cameras)
+    patch = model.model_options["transformer_options"]["patches"]["input_block_patch_after_skip"][0]
+    seen = []  # what the host tells the patch about each UNet call: rows and its cond_or_uncond chunk list
+    check = patch.check_grouping
+    monkeypatch.setattr(patch, "check_grouping", lambda rows, chunks: seen.append((rows, chunks)) or check(rows, chunks))
+    patched = graph.ksample(model, prompts.pos, prompts.neg, lat, cfg=1.0)
+    assert (8, [0]) in seen and all(chunks in (None, [0]) for _, chunks in seen), seen
     identity = graph.ksample(apply(graph, sd2.model, zero_caa, cameras), prompts.pos, prompts.neg, lat, cfg=1.0)
     plain = graph.ksample(sd2.model, prompts.pos, prompts.neg, lat, cfg=1.0)
     assert torch.isfinite(patched).all()
@@ -133,11 +150,21 @@ def test_cfg_1_samples_the_cond_chunk_alone(graph, sd2, caa, zero_caa, cameras, 
     assert graph.max_rel(patched, plain) > 1e-2
 
 
-def test_combined_conditionings_are_separate_chunks(comfy, graph, sd2, caa, cameras, prompts):
+def test_combined_conditionings_are_separate_chunks(comfy, graph, sd2, caa, cameras, prompts, monkeypatch):
+    """ConditioningCombine adds a chunk to every UNet call: the result is the same whether the host batches the
+    three chunks (two prompts, uncond) in one call or runs them one by one, so CAA never mixes them."""
     (other,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text="a quiet garden")
     (combined,) = comfy.nodes.ConditioningCombine().combine(prompts.pos, other)
-    out = graph.ksample(apply(graph, sd2.model, caa, cameras), combined, prompts.neg, graph.latent(cameras))
-    assert torch.isfinite(out).all() and out.shape == (8, 4, 8, 8)
+    model = apply(graph, sd2.model, caa, cameras)
+    lat = graph.latent(cameras)
+    calls = record_unet_calls(model, monkeypatch)
+    together = graph.ksample(model, combined, prompts.neg, lat)
+    assert calls and set(calls) == {24}, calls
+    calls.clear()
+    low_memory(comfy, model, monkeypatch)
+    separate = graph.ksample(model, combined, prompts.neg, lat)
+    assert calls and set(calls) == {8}, calls
+    assert graph.max_rel(separate, together) < 1e-5
 
 
 def test_weight_patches_on_the_model_keep_working(graph, sd2, caa, cameras, prompts):
@@ -199,6 +226,18 @@ def test_a_rig_of_another_size_than_the_latent_is_refused_before_sampling(graph,
     assert not calls
 
 
+def test_a_conditioning_with_rows_for_another_number_of_views_is_refused_before_sampling(graph, sd2, caa, cameras,
+                                                                                      prompts, monkeypatch):
+    (cond, extra), = prompts.neg
+    three = [[cond[:1].repeat(3, 1, 1), {k: (v[:1].repeat(3, 1) if k == "pooled_output" else v)
+                                          for k, v in extra.items()}]]
+    model = apply(graph, sd2.model, caa, cameras)
+    calls = record_unet_calls(model, monkeypatch)
+    with pytest.raises(ValueError, match=r"the positive conditioning has 3 rows, but with 8 camera views"):
+        graph.ksample(model, three, prompts.neg, graph.latent(cameras))
+    assert not calls
+
+
 def test_area_conditioning_is_refused(comfy, graph, sd2, caa, cameras, prompts):
     (area,) = comfy.nodes.ConditioningSetArea().append(prompts.pos, 32, 32, 0, 0, 1.0)
     with pytest.raises(ValueError, match="area conditioning"):
@@ -250,39 +289,86 @@ def test_multi_gpu_splitting_is_refused_before_sampling(graph, sd2, caa, cameras
         graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras))
 
 
+def another_unet_instance(comfy, model):
+    """A new ComfyUI model object of the same class and config holding the same UNet weights (what newer hosts
+    build for multi-GPU copies); built from the config, since newer model configs cannot be deep-copied."""
+    config = model.model.model_config
+    other = config.get_model({})
+    other.diffusion_model.load_state_dict(model.model.diffusion_model.state_dict())
+    return comfy.comfy.model_patcher.ModelPatcher(other, load_device=model.load_device,
+                                                  offload_device=model.offload_device)
+
+
 def test_a_clone_onto_another_unet_instance_runs_caa_on_that_unets_own_layers(comfy, graph, sd2, caa, cameras,
                                                                              prompts):
-    """Newer hosts clone a patched MODEL onto a freshly loaded UNet (multi-GPU copies, non-dynamic delegates)
-    and copy its object patches: the ON_CLONE callback must rebuild them from the new UNet's layers."""
+    """Our ON_CLONE callback, given a clone that holds another UNet instance with the object patches copied (as
+    newer hosts make for multi-GPU copies and non-dynamic delegates), rebuilds the layer copies from that UNet's
+    own layers, and that clone samples like the original."""
     import copy
 
-    patch_module = comfy.module("caa.patch")
+    layers = comfy.module("caa.layers")
     model = apply(graph, sd2.model, caa, cameras)
-    other = comfy.comfy.model_patcher.ModelPatcher(copy.deepcopy(sd2.model.model), load_device=sd2.model.load_device,
-                                                   offload_device=sd2.model.offload_device)
+    other = another_unet_instance(comfy, sd2.model)
     other.object_patches = dict(model.object_patches)
     other.model_options = copy.copy(model.model_options)
     other.wrappers, other.callbacks = model.wrappers, model.callbacks
     for callback in model.get_all_callbacks("on_clone"):
         callback(model, other)
     assert set(other.object_patches) == set(model.object_patches)
-    # (the copied UNet may hold this run's layer copies if the host left the model patched: they are unwrapped)
-    own = lambda root, target: patch_module.unwrap_layer(patch_module._module_at(root, target))  # noqa: E731
+    own = lambda root, target: layers.unwrap_layer(layers.module_at(root, target))  # noqa: E731
     for target, layer in other.object_patches.items():
-        assert patch_module.unwrap_layer(layer) is own(other.model, target)
-        assert patch_module.unwrap_layer(layer) is not own(sd2.model.model, target)
+        assert layers.unwrap_layer(layer) is own(other.model, target)
+        assert layers.unwrap_layer(layer) is not own(sd2.model.model, target)
     lat = graph.latent(cameras)
     assert torch.equal(graph.ksample(other, prompts.pos, prompts.neg, lat),
                        graph.ksample(model, prompts.pos, prompts.neg, lat))
 
 
-def test_the_hosts_cleanup_drops_the_folded_weights(graph, sd2, caa, cameras, prompts):
+def live_run_objects(comfy) -> int:
+    """How many plans, tap tables, folded weights and run caches exist in this process."""
+    import gc
+
+    kinds = (comfy.module("geometry.sampling_plan").LevelPlan, comfy.module("caa.fast").TapPlan,
+             comfy.module("caa.fast").DeviceTaps, comfy.module("caa.fast").FoldedWeights,
+             comfy.module("caa.run_cache").RunCache)
+    gc.collect()
+    return sum(isinstance(o, kinds) for o in gc.get_objects())
+
+
+def test_the_hosts_ksampler_run_leaves_no_plan_weight_or_encoding_behind(comfy, graph, sd2, caa, cameras, prompts):
+    """Through the host's KSampler: during the run the cache holds the plans, folded weights and encodings;
+    when the KSampler returns, nothing the run built is alive anywhere in the process (on every host: the
+    sampling wrapper's finally and the host's ON_CLEANUP callback drop it; no global cache keeps it)."""
+    utils = comfy.comfy.utils
     model = apply(graph, sd2.model, caa, cameras)
-    graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras), steps=1)
     patch = model.model_options["transformer_options"]["patches"]["input_block_patch_after_skip"][0]
-    assert patch._folded
-    patch.cleanup()
-    assert not patch._folded
+    before = live_run_objects(comfy)
+    during = []
+    utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: during.append(
+        (patch.run_cache.nbytes(), len(patch.run_cache.folded), len(patch.run_cache.encodings))))
+    try:
+        graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras), steps=2)
+    finally:
+        utils.set_progress_bar_global_hook(None)
+    assert during and all(nbytes > 0 and folded == 9 and encodings > 0 for nbytes, folded, encodings in during)
+    assert patch.run_cache is None
+    assert live_run_objects(comfy) == before
+
+
+def test_an_interrupted_run_leaves_nothing_behind_either(comfy, graph, sd2, caa, cameras, prompts):
+    model = apply(graph, sd2.model, caa, cameras)
+    patch = model.model_options["transformer_options"]["patches"]["input_block_patch_after_skip"][0]
+    before = live_run_objects(comfy)
+    utils = comfy.comfy.utils
+    utils.set_progress_bar_global_hook(lambda *args, **kwargs: comfy.mm.interrupt_current_processing(True))
+    try:
+        with pytest.raises(comfy.mm.InterruptProcessingException):
+            graph.ksample(model, prompts.pos, prompts.neg, graph.latent(cameras), steps=5)
+    finally:
+        comfy.mm.interrupt_current_processing(False)
+        utils.set_progress_bar_global_hook(None)
+    assert patch.run_cache is None
+    assert live_run_objects(comfy) == before
 
 
 def test_sampling_plans_are_built_once_per_level_not_per_step(comfy, graph, sd2, caa, cameras, prompts, monkeypatch):
@@ -290,7 +376,5 @@ def test_sampling_plans_are_built_once_per_level_not_per_step(comfy, graph, sd2,
     built = []
     build = plans.build_level_plan
     monkeypatch.setattr(plans, "build_level_plan", lambda rig, h, w: built.append((h, w)) or build(rig, h, w))
-    plans._cached_cpu_plan.cache_clear()
-    plans.level_plan.cache_clear()
     graph.ksample(apply(graph, sd2.model, caa, cameras), prompts.pos, prompts.neg, graph.latent(cameras), steps=3)
     assert sorted(built) == [(1, 1), (2, 2), (4, 4), (8, 8)]  # 64-px views: one plan per UNet level, 3 steps
