@@ -8,17 +8,28 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import comfy_host  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def comfy_server(comfy_root, tmp_path_factory):
-    base = tmp_path_factory.mktemp("server_base")
-    server = comfy_host.ComfyServer(base, root=comfy_root)
+def start_server(base: Path, root: Path, extra_args: tuple = ()) -> ComfyServer:
+    """A started server; a server that does not start fails the test with the host's own log."""
+    server = ComfyServer(base, root=root, extra_args=extra_args)
     try:
         server.start()
     except Exception as e:  # noqa: BLE001 - report the host's own log
         pytest.fail(f"the ComfyUI server did not start: {e}", pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def server_starter():
+    """``server_starter(base, root, extra_args=())``: :func:`start_server`, for tests that need a server of their own."""
+    return start_server
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_root, tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root)
     yield server
     server.stop()
 
