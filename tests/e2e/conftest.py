@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import random_weights  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
 
 
@@ -34,11 +36,6 @@ def comfy_server(comfy_root, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def install():
-    return install_model
-
-
 def install_model(server, src: Path, folder: str, name: str | None = None) -> str:
     """Link a model file into the server's models/<folder>; returns the name the loaders list."""
     dst = server.base / "models" / folder / (name or src.name)
@@ -49,3 +46,19 @@ def install_model(server, src: Path, folder: str, name: str | None = None) -> st
         except OSError:
             shutil.copy(src, dst)
     return dst.name
+
+
+@pytest.fixture(scope="session")
+def workflow_models(cache_dir):
+    """Installers of the random test models that the example workflows load, under the names they use:
+    ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
+    memory), ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
+    def pano(server) -> str:
+        return install_model(server, random_weights.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
+                             "pano.ckpt")
+
+    def sd2(server) -> None:
+        install_model(server, random_weights.sd2_checkpoint(cache_dir), "checkpoints", "512-base-ema.safetensors")
+        install_model(server, random_weights.caa_weights(cache_dir), "mvdiffusion", "pano.caa.safetensors")
+
+    return types.SimpleNamespace(pano=pano, sd2=sd2)
