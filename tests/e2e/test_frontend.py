@@ -49,6 +49,10 @@ STARTED = """() => { const app = window.app;
     return !!(app && app.graph && window.LiteGraph && LiteGraph.registered_node_types.MVDiffusionKSampler
               && app.extensionManager && app.extensionManager.workflow
               && app.extensionManager.workflow.activeWorkflow); }"""
+STARTUP_STATE = """() => ({app: !!window.app, graph: !!(window.app && window.app.graph),
+    our_nodes_registered: !!(window.LiteGraph && LiteGraph.registered_node_types.MVDiffusionKSampler),
+    active_workflow: !!(window.app && window.app.extensionManager && window.app.extensionManager.workflow
+                        && window.app.extensionManager.workflow.activeWorkflow)})"""
 # The graph holds exactly the given (id, type) pairs (node ids are numbers in older frontends, strings in newer).
 GRAPH_IS = """want => { const key = pairs => JSON.stringify(pairs.map(p => p.join('\\u0000')).sort());
     return key(window.app.graph.nodes.map(n => [String(n.id), n.type])) === key(want); }"""
@@ -118,7 +122,12 @@ def open_frontend(browser, server, version: str):
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
     page.goto(server.url)
-    page.wait_for_function(STARTED, timeout=STARTUP_TIMEOUT_MS)
+    try:
+        page.wait_for_function(STARTED, timeout=STARTUP_TIMEOUT_MS)
+    except Exception as e:  # noqa: BLE001 - say which part of the startup is missing
+        state = page.evaluate(STARTUP_STATE)
+        pytest.fail(f"the frontend at {server.url} did not finish starting within {STARTUP_TIMEOUT_MS // 1000} s "
+                    f"({state}): {e}", pytrace=False)
     assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == version
     return context, page
 
