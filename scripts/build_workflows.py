@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_host  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
 from workflow_api import UIGraph  # noqa: E402
 
 WORKFLOWS = comfy_host.REPO / "workflows"
@@ -96,7 +97,7 @@ def build_all(object_info: dict, out_dir: Path = WORKFLOWS) -> list[Path]:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp, comfy_host.ComfyServer(Path(tmp) / "base") as server:
+    with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp) / "base") as server:
         for path in build_all(server.object_info()):
             print("wrote", path)
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_host  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
 from workflow_api import set_inputs, ui_to_api  # noqa: E402
 
 REPO = comfy_host.REPO
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     if models is not None:
         comfy_host.make_base_directory(base, models=models)
     print(f"[demo] starting ComfyUI ({comfy_host.host_root()}) on 127.0.0.1", flush=True)
-    with comfy_host.ComfyServer(base, output=OUTPUT) as server:
+    with ComfyServer(base, output=OUTPUT) as server:
         prompt = ui_to_api(workflow, server.object_info())
         if random_weights_mode:
             prompt = set_inputs(prompt, "MVDiffusionPanoramaCameras", width=64, height=64)

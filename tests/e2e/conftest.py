@@ -3,29 +3,37 @@ from __future__ import annotations
 
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import comfy_host  # noqa: E402
+import random_weights  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def comfy_server(comfy_root, tmp_path_factory):
-    base = tmp_path_factory.mktemp("server_base")
-    server = comfy_host.ComfyServer(base, root=comfy_root)
+def start_server(base: Path, root: Path, extra_args: tuple = ()) -> ComfyServer:
+    """A started server; a server that does not start fails the test with the host's own log."""
+    server = ComfyServer(base, root=root, extra_args=extra_args)
     try:
         server.start()
     except Exception as e:  # noqa: BLE001 - report the host's own log
         pytest.fail(f"the ComfyUI server did not start: {e}", pytrace=False)
-    yield server
-    server.stop()
+    return server
 
 
 @pytest.fixture(scope="session")
-def install():
-    return install_model
+def server_starter():
+    """``server_starter(base, root, extra_args=())``: :func:`start_server`, for tests that need a server of their own."""
+    return start_server
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_root, tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root)
+    yield server
+    server.stop()
 
 
 def install_model(server, src: Path, folder: str, name: str | None = None) -> str:
@@ -38,3 +46,19 @@ def install_model(server, src: Path, folder: str, name: str | None = None) -> st
         except OSError:
             shutil.copy(src, dst)
     return dst.name
+
+
+@pytest.fixture(scope="session")
+def workflow_models(cache_dir):
+    """Installers of the random test models that the example workflows load, under the names they use:
+    ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
+    memory), ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
+    def pano(server) -> str:
+        return install_model(server, random_weights.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
+                             "pano.ckpt")
+
+    def sd2(server) -> None:
+        install_model(server, random_weights.sd2_checkpoint(cache_dir), "checkpoints", "512-base-ema.safetensors")
+        install_model(server, random_weights.caa_weights(cache_dir), "mvdiffusion", "pano.caa.safetensors")
+
+    return types.SimpleNamespace(pano=pano, sd2=sd2)

@@ -1,13 +1,22 @@
-"""The real ComfyUI frontend (served by the test server, driven in Debian's headless Chromium) opens the example
-workflows with no missing node and turns them into exactly the API prompts the other end-to-end tests run.
+"""The real ComfyUI frontend (served by a test server, driven in Debian's headless Chromium) opens the example
+workflows with no missing node and no flagged node (newer frontends flag loaders whose model file is missing:
+the workflows' model files are installed first) and turns them into exactly the API prompts the other
+end-to-end tests run.
 
-The same run takes the README's screenshots: ``MVDIFFUSION_SCREENSHOTS=workflows make test`` (or pytest with
-that variable) writes ``<name>.png`` next to each workflow; otherwise they go to the test's temporary folder.
+Each test runs against two frontends: the one the host pins (its requirements.txt) and the newest one on PyPI
+(``comfy_host.NEWEST_FRONTEND``, extracted by ``scripts/bootstrap.sh``, served with ``--front-end-root``). Every
+test opens a fresh browser context and waits until the frontend has finished starting (node types registered,
+its startup workflow opened) before loading anything: nothing here waits a fixed time.
+
+The same run takes the README's screenshots (from the host's frontend): ``MVDIFFUSION_SCREENSHOTS=workflows make
+test`` (or pytest with that variable) writes ``<name>.png`` next to each workflow; otherwise they go to the
+test's temporary folder.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+import comfy_host  # noqa: E402
+from comfy_host import requirement_name  # noqa: E402
 from workflow_api import ui_to_api  # noqa: E402
 
 pytestmark = [pytest.mark.host, pytest.mark.server, pytest.mark.browser]
@@ -29,65 +40,174 @@ WORKFLOWS = ["text_to_panorama.json", "text_to_panorama_sd2.json"]
 # first-run dialogs and banners that would cover the canvas
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 INIT_SCRIPT = "localStorage.setItem('vueNodesBannerDismissed', 'true')"
+STARTUP_TIMEOUT_MS = 180_000
+REPORT_TIMEOUT_MS = 30_000
+
+# The frontend has started: window.app is set after its setup (node definitions registered), and its startup
+# workflow (restored or default) is the active one; a graph loaded before that would be replaced by it.
+STARTED = """() => { const app = window.app;
+    return !!(app && app.graph && window.LiteGraph && LiteGraph.registered_node_types.MVDiffusionKSampler
+              && app.extensionManager && app.extensionManager.workflow
+              && app.extensionManager.workflow.activeWorkflow); }"""
+STARTUP_STATE = """() => ({app: !!window.app, graph: !!(window.app && window.app.graph),
+    our_nodes_registered: !!(window.LiteGraph && LiteGraph.registered_node_types.MVDiffusionKSampler),
+    active_workflow: !!(window.app && window.app.extensionManager && window.app.extensionManager.workflow
+                        && window.app.extensionManager.workflow.activeWorkflow)})"""
+# The graph holds exactly the given (id, type) pairs (node ids are numbers in older frontends, strings in newer).
+GRAPH_IS = """want => { const key = pairs => JSON.stringify(pairs.map(p => p.join('\\u0000')).sort());
+    return key(window.app.graph.nodes.map(n => [String(n.id), n.type])) === key(want); }"""
+NODES = """() => window.app.graph.nodes.map(n => ({
+    id: String(n.id), type: n.type, errors: !!n.has_errors, known: !!LiteGraph.registered_node_types[n.type]}))"""
+# How the frontends report a workflow problem: 1.32 "This workflow has missing nodes", 1.45 "Some nodes are
+# missing ...", "1 required model is missing", 1.58 "2 issues found".
+REPORT = re.compile(r"\bmissing\b|\bissues? found\b", re.IGNORECASE)
+
+
+def frontend_version_pinned_by(root: Path) -> str:
+    """The comfyui-frontend-package version that the host's requirements.txt pins."""
+    for line in (root / "requirements.txt").read_text().splitlines():
+        if requirement_name(line) == "comfyui-frontend-package" and "==" in line:
+            return line.split("==")[1].strip()
+    raise AssertionError(f"{root / 'requirements.txt'} pins no comfyui-frontend-package")
+
+
+def prepare(server, workflow_models) -> None:
+    """The workflows' model files and the settings that keep first-run dialogs off the canvas."""
+    workflow_models.pano(server)
+    workflow_models.sd2(server)
+    settings = server.base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(SETTINGS))
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server, require_host):
+def host_frontend(comfy_server, comfy_root, workflow_models):
+    """(server, frontend version): the session server with the frontend the host pins."""
+    prepare(comfy_server, workflow_models)
+    return comfy_server, frontend_version_pinned_by(comfy_root)
+
+
+@pytest.fixture(scope="module")
+def newest_frontend(comfy_root, tmp_path_factory, server_starter, workflow_models, require_host):
+    """(server, frontend version): a server of the host with the newest frontend from PyPI."""
+    static = comfy_host.newest_frontend_root()
+    if static is None:
+        require_host(f"{comfy_host.NEWEST_FRONTEND} is not extracted: run `make test` (scripts/bootstrap.sh)")
+    server = server_starter(tmp_path_factory.mktemp("newest_frontend"), comfy_root, ("--front-end-root", str(static)))
+    prepare(server, workflow_models)
+    yield server, comfy_host.NEWEST_FRONTEND.split("==")[1]
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["host", "newest"])
+def frontend(request):
+    return request.getfixturevalue(f"{request.param}_frontend")
+
+
+@pytest.fixture(scope="module")
+def browser(require_host):
     if not Path(CHROMIUM).exists():
         require_host(f"no Chromium at {CHROMIUM} (Debian package chromium; make test installs it)")
     from playwright.sync_api import sync_playwright
 
-    settings = comfy_server.base / "user" / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(SETTINGS))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
-        context.add_init_script(INIT_SCRIPT)
-        page = context.new_page()
-        page.goto(comfy_server.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=180_000)
-        yield page
+        yield browser
         browser.close()
 
 
+def open_frontend(browser, server, version: str):
+    """A fresh browser context on the server's frontend, once it has started; checks the frontend's version."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(INIT_SCRIPT)
+    page = context.new_page()
+    page.goto(server.url)
+    try:
+        page.wait_for_function(STARTED, timeout=STARTUP_TIMEOUT_MS)
+    except Exception as e:  # noqa: BLE001 - say which part of the startup is missing
+        state = page.evaluate(STARTUP_STATE)
+        pytest.fail(f"the frontend at {server.url} did not finish starting within {STARTUP_TIMEOUT_MS // 1000} s "
+                    f"({state}): {e}", pytrace=False)
+    assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == version
+    return context, page
+
+
+@pytest.fixture
+def page(browser, frontend):
+    context, page = open_frontend(browser, *frontend)
+    yield page
+    context.close()
+
+
 def load(page, workflow: dict) -> list[dict]:
-    """Open a UI workflow in the frontend; returns its nodes as the frontend sees them."""
+    """Open a UI workflow in the frontend; returns its nodes as the frontend sees them once it has drawn them."""
     page.evaluate("async wf => { await window.app.loadGraphData(wf); }", workflow)
-    page.wait_for_timeout(1000)
-    return page.evaluate("""() => window.app.graph.nodes.map(n => ({
-        id: n.id, type: n.type, errors: !!n.has_errors, known: !!LiteGraph.registered_node_types[n.type]}))""")
+    page.wait_for_function(GRAPH_IS, arg=[[str(n["id"]), n["type"]] for n in workflow["nodes"]])
+    # the flags are set while the load runs; two animation frames later the UI shows them (and any report)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    return page.evaluate(NODES)
 
 
-def test_a_workflow_with_an_unknown_node_is_reported_missing(page):
-    """Control for the check below: the frontend flags an unknown node type."""
+def reports(page) -> list[str]:
+    """The lines of the page that report a workflow problem (missing nodes, missing models, issues)."""
+    return [line for line in page.inner_text("body").splitlines() if REPORT.search(line)]
+
+
+def wait_until_reported(page, node_id: str) -> None:
+    """Poll until the frontend flags the node or shows a report."""
+    page.wait_for_function("""([id, pattern]) => window.app.graph.nodes.some(n => String(n.id) === id && n.has_errors)
+                              || new RegExp(pattern, 'i').test(document.body.innerText)""",
+                           arg=[node_id, REPORT.pattern], timeout=REPORT_TIMEOUT_MS)
+
+
+def test_a_workflow_with_an_unknown_node_is_reported(page):
+    """Control for the checks below: the frontend reports an unknown node type (flags it or says so)."""
     workflow = json.loads((ROOT / "workflows" / WORKFLOWS[0]).read_text())
     workflow["nodes"][0]["type"] = "NoSuchMVDiffusionNode"
-    nodes = load(page, workflow)
-    assert {"id": 1, "type": "NoSuchMVDiffusionNode", "errors": True, "known": False} in nodes
-    assert "missing nodes" in page.inner_text("body").lower()
-    page.keyboard.press("Escape")
+    load(page, workflow)
+    wait_until_reported(page, str(workflow["nodes"][0]["id"]))
+    nodes = page.evaluate(NODES)
+    unknown = next(n for n in nodes if n["type"] == "NoSuchMVDiffusionNode")
+    assert not unknown["known"]
+    assert unknown["errors"] or reports(page), (nodes, reports(page))
+
+
+def test_the_newest_frontend_flags_a_loader_whose_model_file_is_missing(browser, newest_frontend):
+    """Control for the checks below: a model name the server does not list gets its loader flagged."""
+    workflow = json.loads((ROOT / "workflows" / WORKFLOWS[1]).read_text())
+    loader = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = ["no_such_model.safetensors"]
+    context, page = open_frontend(browser, *newest_frontend)
+    try:
+        load(page, workflow)
+        page.wait_for_function(f"() => window.app.graph.nodes.some(n => String(n.id) === '{loader['id']}' "
+                               "&& n.has_errors)", timeout=REPORT_TIMEOUT_MS)
+        flagged = [n for n in page.evaluate(NODES) if n["errors"]]
+        assert [n["id"] for n in flagged] == [str(loader["id"])], flagged
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_the_frontend_opens_the_workflow_with_no_missing_node_and_prompts_what_we_run(page, comfy_server, name,
-                                                                                      tmp_path):
+def test_the_frontend_opens_the_workflow_with_no_missing_or_flagged_node_and_prompts_what_we_run(
+        page, frontend, name, tmp_path, request):
+    server, _ = frontend
     workflow = json.loads((ROOT / "workflows" / name).read_text())
     nodes = load(page, workflow)
     assert len(nodes) == len(workflow["nodes"])
     bad = [n for n in nodes if n["errors"] or not n["known"]]
     assert not bad, bad
-    assert "missing nodes" not in page.inner_text("body").lower()
+    assert not reports(page)
 
     # the frontend's own UI -> API conversion equals the one the server tests and the demo use
-    frontend = page.evaluate("async () => (await window.app.graphToPrompt()).output")
-    ours = ui_to_api(workflow, comfy_server.object_info())
+    frontend_prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    ours = ui_to_api(workflow, server.object_info())
     strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
-    assert strip(frontend) == strip(ours)
+    assert strip(frontend_prompt) == strip(ours)
 
     shot = tmp_path / name.replace(".json", ".png")
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     target = os.environ.get("MVDIFFUSION_SCREENSHOTS")
-    if target:
+    if target and request.node.callspec.params["frontend"] == "host":
         shutil.copy(shot, Path(target) / shot.name)

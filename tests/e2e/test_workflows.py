@@ -19,7 +19,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-import random_weights  # noqa: E402
 from workflow_api import set_inputs, ui_to_api  # noqa: E402
 
 pytestmark = [pytest.mark.host, pytest.mark.server]
@@ -85,14 +84,13 @@ def check_outputs(server, entry, pano_prefix: str, views_prefix: str | None = No
 
 
 @pytest.fixture(scope="module")
-def official_pano(comfy_server, cache_dir, install) -> str:
-    return install(comfy_server, random_weights.official_checkpoint(cache_dir, "pano"), "mvdiffusion", "pano.ckpt")
+def official_pano(comfy_server, workflow_models) -> str:
+    return workflow_models.pano(comfy_server)
 
 
 @pytest.fixture(scope="module")
-def sd2_models(comfy_server, cache_dir, install) -> None:
-    install(comfy_server, random_weights.sd2_checkpoint(cache_dir), "checkpoints", "512-base-ema.safetensors")
-    install(comfy_server, random_weights.caa_weights(cache_dir), "mvdiffusion", "pano.caa.safetensors")
+def sd2_models(comfy_server, workflow_models) -> None:
+    workflow_models.sd2(comfy_server)
 
 
 def test_text_to_panorama_runs_on_an_official_layout_checkpoint(comfy_server, official_pano):
