@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from comfyui_mvdiffusion.geometry import intrinsics, pano_cameras, pano_rig, rig_cameras, ring_neighbours, rotation
+from comfyui_mvdiffusion.geometry import (intrinsics, pano_cameras, pano_rig, pixel_grid, rig_cameras,
+                                          ring_neighbours, rotation)
 from comfyui_mvdiffusion.geometry.cameras import Rig
 from comfyui_mvdiffusion.geometry.equirect import direction_to_lonlat
 
@@ -20,6 +21,15 @@ def test_intrinsics_follow_the_official_formula():
     K = intrinsics(60.0, 192, 256)  # the horizontal fov sets f; cx, cy are the centres of the pixel grid
     assert torch.allclose(K[0, 0], torch.tensor(128 / math.tan(math.radians(30.0))))
     assert (K[0, 2], K[1, 2]) == (127.5, 95.5)
+
+
+def test_the_pixel_grid_holds_x_y_1_at_every_pixel_in_the_requested_dtype():
+    for dtype in (torch.float32, torch.float64):
+        grid = pixel_grid(3, 4, dtype=dtype)
+        assert grid.shape == (3, 4, 3) and grid.dtype == dtype
+        for y in range(3):
+            for x in range(4):
+                assert grid[y, x].tolist() == [x, y, 1]
 
 
 def test_rotations_are_proper_and_map_camera_directions_to_the_world():
