@@ -162,8 +162,13 @@ class Rig:
 
     @property
     def K(self) -> torch.Tensor:
-        """Intrinsics (m, 3, 3) float32."""
-        return torch.stack([intrinsics(f, self.height, self.width) for f in self.fovs_deg])
+        """Intrinsics (m, 3, 3) float32 of the rig's views (``height x width``)."""
+        return self.intrinsics_for_size(self.height, self.width)
+
+    def intrinsics_for_size(self, height: int, width: int) -> torch.Tensor:
+        """Intrinsics (m, 3, 3) float32 of views of ``height x width`` pixels with the rig's fields of view
+        (e.g. views that were resized after generation); the rotations ``R`` do not depend on the size."""
+        return torch.stack([intrinsics(f, height, width) for f in self.fovs_deg])
 
     @property
     def R(self) -> torch.Tensor:

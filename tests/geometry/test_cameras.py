@@ -32,6 +32,15 @@ def test_the_pixel_grid_holds_x_y_1_at_every_pixel_in_the_requested_dtype():
                 assert grid[y, x].tolist() == [x, y, 1]
 
 
+def test_a_rigs_intrinsics_for_another_size_keep_its_fields_of_view():
+    rig = rig_cameras([0.0, 120.0, 240.0], [0.0] * 3, [90.0, 100.0, 110.0], 64, 64, neighbours=[(1,), (2,), (0,)])
+    K = rig.intrinsics_for_size(48, 96)
+    assert K.shape == (3, 3, 3)
+    for i, fov in enumerate(rig.fovs_deg):
+        assert torch.equal(K[i], intrinsics(fov, 48, 96))
+    assert torch.equal(rig.intrinsics_for_size(64, 64), rig.K)
+
+
 def test_rotations_are_proper_and_map_camera_directions_to_the_world():
     for yaw, pitch in [(0, 0), (45, 0), (137.5, -20), (315, 60)]:
         R = rotation(yaw, pitch).double()
