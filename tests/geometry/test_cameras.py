@@ -11,8 +11,7 @@ from comfyui_mvdiffusion.geometry import (intrinsics, pano_cameras, pano_rig, pi
 from comfyui_mvdiffusion.geometry.cameras import Rig
 from comfyui_mvdiffusion.geometry.equirect import direction_to_lonlat
 
-# correspondences.overlap_fraction rotates view i's world rays with R_j instead of R_j^T (einsum "jba,ian->ijbn"
-# reads R64[j, b, a], i.e. (R_j @ ray)_b), so rig_cameras' default neighbours are wrong for every view but view 0.
+
 def test_intrinsics_follow_the_official_formula():
     K = intrinsics(90.0, 512, 512)
     assert K.dtype == torch.float32 and K.shape == (3, 3)
@@ -83,6 +82,9 @@ def test_the_pano_rig_is_the_official_ring_and_its_neighbours_are_i_minus_1_and_
     assert hash(rig) == hash(pano_rig()) and rig == pano_rig()  # hashable: plans are cached per rig
 
 
+# rig_cameras' default neighbours come from correspondences.overlap_fraction, which takes view i's world rays into
+# view j's camera frame with R_j^T (einsum "jab,ian->ijbn" sums over R[j, a, b]'s first index a): the tests below
+# check those neighbours for views other than view 0, where R_j and R_j^T differ.
 def test_the_general_rig_of_the_pano_ring_finds_the_ring_neighbours():
     rig = rig_cameras([45.0 * i for i in range(8)], [0.0] * 8, [90.0] * 8, 64, 64)
     assert [set(n) for n in rig.neighbours] == [{(i - 1) % 8, (i + 1) % 8} for i in range(8)]
