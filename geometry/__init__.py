@@ -4,17 +4,17 @@ equirectangular projection and stitching, and the overlap-PSNR consistency metri
 Conventions are stated once and used everywhere: pixels, axes and angles of the cameras in ``geometry/cameras.py``,
 longitude/latitude and the equirectangular pixel grid in ``geometry/equirect.py``.
 """
-from .cameras import Rig, intrinsics, pano_cameras, pano_rig, rig_cameras, ring_neighbours, rotation
+from .cameras import Rig, intrinsics, pano_cameras, pano_rig, pixel_grid, rig_cameras, ring_neighbours, rotation
 from .correspondences import (apply_homography, homographies, overlap_fraction, overlap_neighbours,
-                              pixel_correspondences, pixel_grid)
+                              pixel_correspondences)
 from .equirect import (BLENDS, blend_weight, direction_to_lonlat, equirect_grid, equirect_to_views,
                        lonlat_to_direction, lonlat_to_equirect_pixel, views_to_equirect)
 from .metrics import OverlapPSNR, overlap_psnr, paper_overlap_psnr, psnr_ratio
 from .sampling_plan import OFFSETS, LevelPlan, build_level_plan, level_plan, unet_level_sizes
 
 __all__ = [
-    "Rig", "intrinsics", "rotation", "pano_cameras", "pano_rig", "rig_cameras", "ring_neighbours",
-    "homographies", "pixel_grid", "apply_homography", "pixel_correspondences", "overlap_fraction",
+    "Rig", "intrinsics", "rotation", "pano_cameras", "pano_rig", "rig_cameras", "ring_neighbours", "pixel_grid",
+    "homographies", "apply_homography", "pixel_correspondences", "overlap_fraction",
     "overlap_neighbours", "OFFSETS", "LevelPlan", "build_level_plan", "level_plan", "unet_level_sizes",
     "BLENDS", "equirect_grid", "lonlat_to_direction", "direction_to_lonlat", "lonlat_to_equirect_pixel",
     "equirect_to_views", "views_to_equirect", "blend_weight",

@@ -11,9 +11,11 @@ Conventions, stated once for the whole package:
   ``R2 = Rodrigues(pitch * (R1 @ x))`` (positive pitch looks up, since y points down).
 * Angles are in degrees at the API, like the official code.
 
-Everything here is float32 on the CPU, computed in the same order as the official code (double-precision
-trigonometry, rounded to float32) so that the correspondences built from it are bit-identical to the official
-ones; move the results to another device afterwards. See docs in ``geometry/correspondences.py``.
+The camera matrices here are float32 on the CPU, computed in the same order as the official code
+(double-precision trigonometry, rounded to float32) so that the correspondences built from them are bit-identical
+to the official ones; move the results to another device afterwards. See docs in ``geometry/correspondences.py``.
+This module also holds what every geometry module shares: the integer pixel grid (:func:`pixel_grid`) and the
+validation of image sizes and of K/R camera tensors.
 """
 from __future__ import annotations
 
@@ -22,12 +24,36 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rig", "intrinsics", "rotation", "rig_cameras", "pano_cameras", "pano_rig"]
+__all__ = ["Rig", "intrinsics", "rotation", "rig_cameras", "pano_cameras", "pano_rig", "ring_neighbours", "pixel_grid"]
 
 
-def _check_size(height: int, width: int) -> None:
-    if int(height) != height or int(width) != width or height < 1 or width < 1:
-        raise ValueError(f"image size must be positive integers, got height={height}, width={width}")
+# --- input validation, shared by the geometry modules -----------------------------------------------------------
+
+def describe_shape(t) -> str:
+    """How an argument reads in an error message: a tensor's shape, else its type name."""
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_size(what: str, height, width) -> None:
+    """Raise ValueError unless ``height`` and ``width`` are positive integers (``what``: the image named)."""
+    if isinstance(height, bool) or isinstance(width, bool) or int(height) != height or int(width) != width \
+            or height < 1 or width < 1:
+        raise ValueError(f"{what} size must be positive integers (height, width), got height={height}, width={width}")
+
+
+def check_cameras(K: torch.Tensor, R: torch.Tensor, num_views: int | None = None) -> int:
+    """Validate intrinsics K (m, 3, 3) and rotations R (m, 3, 3) of the same m views (and, if given,
+    ``m == num_views``); returns m."""
+    if not isinstance(K, torch.Tensor) or K.ndim != 3 or tuple(K.shape[1:]) != (3, 3):
+        raise ValueError(f"K must be intrinsics of shape (m, 3, 3), got {describe_shape(K)}")
+    if not isinstance(R, torch.Tensor) or R.ndim != 3 or tuple(R.shape[1:]) != (3, 3):
+        raise ValueError(f"R must be rotations of shape (m, 3, 3), got {describe_shape(R)}")
+    if K.shape[0] != R.shape[0]:
+        raise ValueError(f"K and R must describe the same views: got {K.shape[0]} intrinsics and "
+                         f"{R.shape[0]} rotations")
+    if num_views is not None and K.shape[0] != num_views:
+        raise ValueError(f"expected one camera per view: {num_views} views but {K.shape[0]} cameras (K, R)")
+    return K.shape[0]
 
 
 def _check_fov(fov_deg: float) -> None:
@@ -35,10 +61,21 @@ def _check_fov(fov_deg: float) -> None:
         raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
 
 
+# --- pixels, intrinsics, rotations ------------------------------------------------------------------------------
+
+def pixel_grid(height: int, width: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Homogeneous integer pixel coordinates (H, W, 3): ``grid[y, x] = (x, y, 1)`` in ``dtype`` on ``device``.
+
+    The default float32 grid is the one the correspondences are built on (bit-exact contract)."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
+                            torch.arange(width, dtype=dtype, device=device), indexing="ij")
+    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
+
+
 def intrinsics(fov_deg: float, height: int, width: int) -> torch.Tensor:
     """Intrinsic matrix (3, 3) float32 for a horizontal field of view in degrees."""
     _check_fov(fov_deg)
-    _check_size(height, width)
+    check_size("image", height, width)
     # same expression and evaluation order as the official get_K_R, in double, then float32
     f = 0.5 * width * 1 / math.tan(0.5 * fov_deg / 180.0 * math.pi)
     cx = (width - 1) / 2.0
@@ -106,7 +143,7 @@ class Rig:
         if not (len(self.pitches_deg) == len(self.fovs_deg) == m):
             raise ValueError(f"yaws, pitches and fovs must have one entry per view, got "
                              f"{m}, {len(self.pitches_deg)}, {len(self.fovs_deg)}")
-        _check_size(self.height, self.width)
+        check_size("image", self.height, self.width)
         for fov in self.fovs_deg:
             _check_fov(fov)
         if len(self.neighbours) != m:
@@ -125,8 +162,13 @@ class Rig:
 
     @property
     def K(self) -> torch.Tensor:
-        """Intrinsics (m, 3, 3) float32."""
-        return torch.stack([intrinsics(f, self.height, self.width) for f in self.fovs_deg])
+        """Intrinsics (m, 3, 3) float32 of the rig's views (``height x width``)."""
+        return self.intrinsics_for_size(self.height, self.width)
+
+    def intrinsics_for_size(self, height: int, width: int) -> torch.Tensor:
+        """Intrinsics (m, 3, 3) float32 of views of ``height x width`` pixels with the rig's fields of view
+        (e.g. views that were resized after generation); the rotations ``R`` do not depend on the size."""
+        return torch.stack([intrinsics(f, height, width) for f in self.fovs_deg])
 
     @property
     def R(self) -> torch.Tensor:
@@ -154,7 +196,7 @@ def rig_cameras(yaws_deg, pitches_deg, fovs_deg, height: int, width: int, neighb
                          f"{len(yaws)}, {len(pitches)}, {len(fovs)}")
     if len(yaws) < 2:
         raise ValueError(f"a rig needs at least 2 views, got {len(yaws)}")
-    _check_size(height, width)
+    check_size("image", height, width)
     if neighbours is None:
         from .correspondences import overlap_neighbours
 
@@ -169,7 +211,7 @@ def pano_rig(num_views: int = 8, fov_deg: float = 90.0, height: int = 512, width
     """The official panorama rig: m views at yaw ``offset + 360/m * i``, one pitch and fov, ring neighbours."""
     if int(num_views) != num_views or num_views < 2:
         raise ValueError(f"a panorama rig needs at least 2 views, got {num_views}")
-    _check_size(height, width)
+    check_size("image", height, width)
     m = int(num_views)
     yaws = tuple((yaw_offset_deg + 360.0 * i / m) % 360.0 for i in range(m))
     return Rig(yaws, (float(pitch_deg),) * m, (float(fov_deg),) * m, int(height), int(width), ring_neighbours(m))

@@ -13,34 +13,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["homographies", "pixel_grid", "apply_homography", "pixel_correspondences", "overlap_fraction",
-           "overlap_neighbours"]
+from .cameras import check_cameras, pixel_grid
 
-
-def _check_rig(K: torch.Tensor, R: torch.Tensor) -> int:
-    if K.ndim != 3 or K.shape[1:] != (3, 3):
-        raise ValueError(f"K must have shape (m, 3, 3), got {tuple(K.shape)}")
-    if R.ndim != 3 or R.shape[1:] != (3, 3):
-        raise ValueError(f"R must have shape (m, 3, 3), got {tuple(R.shape)}")
-    if K.shape[0] != R.shape[0]:
-        raise ValueError(f"K and R must describe the same views, got {K.shape[0]} intrinsics and {R.shape[0]} rotations")
-    return K.shape[0]
+__all__ = ["homographies", "apply_homography", "pixel_correspondences", "overlap_fraction", "overlap_neighbours"]
 
 
 def homographies(K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """All pairwise homographies (m, m, 3, 3): ``H[i, j] = K_j @ inv(R_j) @ R_i @ inv(K_i)``, in K's dtype."""
-    m = _check_rig(K, R)
+    m = check_cameras(K, R)
     K_inv, R_inv = torch.inverse(K), torch.inverse(R)
     Kj, Rj_inv = K[None, :].expand(m, m, 3, 3), R_inv[None, :].expand(m, m, 3, 3)
     Ri, Ki_inv = R[:, None].expand(m, m, 3, 3), K_inv[:, None].expand(m, m, 3, 3)
     return Kj @ Rj_inv @ Ri @ Ki_inv
-
-
-def pixel_grid(height: int, width: int, device=None) -> torch.Tensor:
-    """Homogeneous integer pixel coordinates (H, W, 3) float32: ``grid[y, x] = (x, y, 1)``."""
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
-                            torch.arange(width, dtype=torch.float32, device=device), indexing="ij")
-    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
 
 
 def apply_homography(H: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -59,7 +43,7 @@ def pixel_correspondences(K: torch.Tensor, R: torch.Tensor, height: int, width: 
     Identical to the official ``get_correspondences`` (src/models/pano/utils.py). Points behind camera j come
     out mirrored (negative depth is not masked), as in the official code.
     """
-    m = _check_rig(K, R)
+    m = check_cameras(K, R)
     H = homographies(K.float(), R.float())
     grid = pixel_grid(height, width, device=K.device).reshape(-1, 3).T  # (3, H*W)
     xy = apply_homography(H.reshape(m * m, 3, 3), grid.expand(m * m, 3, height * width))
@@ -72,7 +56,7 @@ def overlap_fraction(K: torch.Tensor, R: torch.Tensor, height: int, width: int, 
     Measured on a ``samples x samples`` grid of view i's pixels: a pixel counts when its ray has positive
     depth in view j and projects inside view j's image.
     """
-    m = _check_rig(K, R)
+    m = check_cameras(K, R)
     K64, R64 = K.double(), R.double()
     xs = torch.linspace(0, width - 1, samples, dtype=torch.float64)
     ys = torch.linspace(0, height - 1, samples, dtype=torch.float64)

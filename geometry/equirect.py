@@ -29,6 +29,8 @@ import math
 
 import torch
 
+from .cameras import check_cameras, check_size, describe_shape, pixel_grid
+
 __all__ = ["BLENDS", "equirect_grid", "lonlat_to_direction", "direction_to_lonlat", "lonlat_to_equirect_pixel",
            "equirect_to_views", "views_to_equirect", "blend_weight"]
 
@@ -40,7 +42,7 @@ BLENDS = ("ramp", "feather")
 
 def equirect_grid(height: int, width: int, device=None, dtype: torch.dtype = torch.float32):
     """Longitudes (W,) and latitudes (H,) in radians of the pixel centres of an ``height x width`` panorama."""
-    _check_positive_size("panorama", height, width)
+    check_size("panorama", height, width)
     cols = torch.arange(width, device=device, dtype=dtype)
     rows = torch.arange(height, device=device, dtype=dtype)
     lon = ((cols + 0.5) / width - 0.5) * (2 * math.pi)
@@ -69,30 +71,7 @@ def lonlat_to_equirect_pixel(lon: torch.Tensor, lat: torch.Tensor, height: int, 
     return u, v
 
 
-# --- validation -------------------------------------------------------------------------------------------------
-
-def _check_positive_size(what: str, height, width) -> None:
-    if isinstance(height, bool) or isinstance(width, bool) or int(height) != height or int(width) != width \
-            or height < 1 or width < 1:
-        raise ValueError(f"{what} size must be positive integers (height, width), got height={height}, width={width}")
-
-
-def _check_cameras(K: torch.Tensor, R: torch.Tensor, num_views: int | None = None) -> int:
-    if not isinstance(K, torch.Tensor) or K.ndim != 3 or tuple(K.shape[1:]) != (3, 3):
-        raise ValueError(f"K must be intrinsics of shape (m, 3, 3), got {_shape(K)}")
-    if not isinstance(R, torch.Tensor) or R.ndim != 3 or tuple(R.shape[1:]) != (3, 3):
-        raise ValueError(f"R must be rotations of shape (m, 3, 3), got {_shape(R)}")
-    if K.shape[0] != R.shape[0]:
-        raise ValueError(f"K and R must describe the same views: got {K.shape[0]} intrinsics and "
-                         f"{R.shape[0]} rotations")
-    if num_views is not None and K.shape[0] != num_views:
-        raise ValueError(f"expected one camera per view: {num_views} views but {K.shape[0]} cameras (K, R)")
-    return K.shape[0]
-
-
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-
+# --- working precision ------------------------------------------------------------------------------------------
 
 def _working_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float64 data, float32 for everything else (half, bfloat16, float32)."""
@@ -144,9 +123,9 @@ def equirect_to_views(pano: torch.Tensor, K: torch.Tensor, R: torch.Tensor, heig
     direction ``R_i @ inv(K_i) @ (x, y, 1)``, bilinearly sampled, wrapping across the +-180 deg seam.
     """
     if not isinstance(pano, torch.Tensor) or pano.ndim != 4:
-        raise ValueError(f"pano must be a batch of panoramas of shape (B, C, H, W), got {_shape(pano)}")
-    m = _check_cameras(K, R)
-    _check_positive_size("view", height, width)
+        raise ValueError(f"pano must be a batch of panoramas of shape (B, C, H, W), got {describe_shape(pano)}")
+    m = check_cameras(K, R)
+    check_size("view", height, width)
     height, width = int(height), int(width)
     hp, wp = pano.shape[-2:]
     if hp < 1 or wp < 1 or pano.shape[1] < 1:
@@ -155,9 +134,7 @@ def equirect_to_views(pano: torch.Tensor, K: torch.Tensor, R: torch.Tensor, heig
 
     # pixel -> world direction matrices, in float64 on the CPU (3x3 each), then to the working dtype
     to_world = (R.detach().cpu().double() @ torch.linalg.inv(K.detach().cpu().double())).to(device, wdtype)
-    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=wdtype),
-                            torch.arange(width, device=device, dtype=wdtype), indexing="ij")
-    pix = torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, -1)  # (3, h*w)
+    pix = pixel_grid(height, width, device, wdtype).reshape(-1, 3).T  # (3, h*w)
     dirs = (to_world @ pix).transpose(1, 2)  # (m, h*w, 3)
     lon, lat = direction_to_lonlat(dirs)
     u, v = lonlat_to_equirect_pixel(lon, lat, hp, wp)
@@ -182,6 +159,11 @@ def _min_cos_of_image(K64: torch.Tensor, height: int, width: int) -> torch.Tenso
     return (cos.min(dim=1).values - 1e-3).clamp(min=-1.0)
 
 
+def _check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(map(repr, BLENDS))}, got {blend!r}")
+
+
 def blend_weight(x: torch.Tensor, y: torch.Tensor, height: int, width: int, blend: str) -> torch.Tensor:
     """Blending weight in [0, 1] of continuous view pixel coordinates (x, y) of a ``height x width`` view.
 
@@ -193,14 +175,14 @@ def blend_weight(x: torch.Tensor, y: torch.Tensor, height: int, width: int, blen
       [0, 1], with the borders at the image's outer edge (-0.5 and W-0.5, H-0.5): it falls to 0 towards every
       edge, so blended panoramas have no seam where a view ends.
     """
+    _check_blend(blend)
     if blend == "ramp":
         half = max((width - 1) // 2, 1)
         d = torch.minimum(x, (width - 1) - x)
         return (d / half).clamp(0, 1)
-    if blend == "feather":
-        d = torch.minimum(torch.minimum(x + 0.5, width - 0.5 - x), torch.minimum(y + 0.5, height - 0.5 - y))
-        return (d / (min(height, width) / 2)).clamp(0, 1)
-    raise ValueError(f"blend must be one of {', '.join(map(repr, BLENDS))}, got {blend!r}")
+    # "feather"
+    d = torch.minimum(torch.minimum(x + 0.5, width - 0.5 - x), torch.minimum(y + 0.5, height - 0.5 - y))
+    return (d / (min(height, width) / 2)).clamp(0, 1)
 
 
 def views_to_equirect(views: torch.Tensor, K: torch.Tensor, R: torch.Tensor, out_height: int, out_width: int,
@@ -216,15 +198,14 @@ def views_to_equirect(views: torch.Tensor, K: torch.Tensor, R: torch.Tensor, out
     Returns ``(pano, coverage)``: pano (B, C, out_height, out_width) in views' dtype and coverage
     (B, 1, out_height, out_width) bool (True where some view contributes), both on views' device.
     """
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {', '.join(map(repr, BLENDS))}, got {blend!r}")
+    _check_blend(blend)
     if not isinstance(views, torch.Tensor) or views.ndim != 5:
-        raise ValueError(f"views must have shape (B, m, C, h, w), got {_shape(views)}")
+        raise ValueError(f"views must have shape (B, m, C, h, w), got {describe_shape(views)}")
     b, m, c, h, w = views.shape
-    _check_cameras(K, R, num_views=m)
+    check_cameras(K, R, num_views=m)
     if b < 1 or c < 1 or h < 1 or w < 1:
         raise ValueError(f"views must be non-empty, got shape {tuple(views.shape)}")
-    _check_positive_size("output panorama", out_height, out_width)
+    check_size("output panorama", out_height, out_width)
     out_height, out_width = int(out_height), int(out_width)
     device, wdtype = views.device, _working_dtype(views.dtype)
 

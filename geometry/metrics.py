@@ -18,9 +18,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .cameras import pano_cameras
+from .cameras import check_cameras, describe_shape, pano_cameras, pixel_grid
 from .correspondences import homographies
-from .equirect import _bilinear, _check_cameras, _shape, _working_dtype
+from .equirect import _bilinear, _working_dtype
 
 __all__ = ["OverlapPSNR", "overlap_psnr", "paper_overlap_psnr", "psnr_ratio", "PAPER_SIZE",
            "PAPER_PSNR_MVDIFFUSION", "PAPER_PSNR_GROUND_TRUTH", "PAPER_RATIO_MVDIFFUSION"]
@@ -44,7 +44,7 @@ class OverlapPSNR(NamedTuple):
 
 def _as_batch(views: torch.Tensor, name: str = "views") -> tuple[torch.Tensor, bool]:
     if not isinstance(views, torch.Tensor) or views.ndim not in (4, 5):
-        raise ValueError(f"{name} must have shape (B, m, C, h, w) or (m, C, h, w), got {_shape(views)}")
+        raise ValueError(f"{name} must have shape (B, m, C, h, w) or (m, C, h, w), got {describe_shape(views)}")
     single = views.ndim == 4
     views = views[None] if single else views
     if any(s < 1 for s in views.shape):
@@ -82,16 +82,14 @@ def overlap_psnr(views: torch.Tensor, K: torch.Tensor, R: torch.Tensor, pairs=No
     """
     views, single = _as_batch(views)
     b, m, c, h, w = views.shape
-    _check_cameras(K, R, num_views=m)
+    check_cameras(K, R, num_views=m)
     pairs = _check_pairs(pairs, m)
     if not max_value > 0:
         raise ValueError(f"max_value must be positive, got {max_value}")
     device, wdtype = views.device, _working_dtype(views.dtype)
 
     Hm = homographies(K.detach().cpu().double(), R.detach().cpu().double())
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=wdtype),
-                            torch.arange(w, device=device, dtype=wdtype), indexing="ij")
-    pix = torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, -1)  # (3, h*w)
+    pix = pixel_grid(h, w, device, wdtype).reshape(-1, 3).T  # (3, h*w)
     flat = views.reshape(b, m, c, h * w)
     psnrs, overlaps = [], []
     for i, j in pairs:

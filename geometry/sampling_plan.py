@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cameras import Rig
-from .correspondences import apply_homography, homographies, pixel_grid
+from .cameras import Rig, pixel_grid
+from .correspondences import apply_homography, homographies
 
 __all__ = ["LevelPlan", "OFFSETS", "build_level_plan", "level_plan", "unet_level_sizes"]
 

@@ -1,20 +1,10 @@
 """Equirectangular nodes: stitch the views into a 360° panorama, and cut views out of one."""
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
-from ..geometry.cameras import intrinsics
-from ..geometry.equirect import equirect_to_views, views_to_equirect
+from ..geometry.equirect import BLENDS, equirect_to_views, views_to_equirect
 from .io_types import CATEGORY, Cameras
-
-BLENDS = ["ramp", "feather"]
-
-
-def rig_for_size(cameras, height: int, width: int):
-    """K (m, 3, 3) for views of ``height`` x ``width`` px with the rig's fields of view, and R (m, 3, 3)."""
-    K = torch.stack([intrinsics(f, height, width) for f in cameras.fovs_deg])
-    return K, cameras.R
 
 
 class EquirectangularStitch(io.ComfyNode):
@@ -31,7 +21,7 @@ class EquirectangularStitch(io.ComfyNode):
                 Cameras.Input("cameras", tooltip="The cameras the views were made with."),
                 io.Int.Input("width", default=4096, min=64, max=16384, step=8, tooltip="Panorama width (2 x height)."),
                 io.Int.Input("height", default=2048, min=32, max=8192, step=8, tooltip="Panorama height."),
-                io.Combo.Input("blend", options=BLENDS, default="ramp",
+                io.Combo.Input("blend", options=list(BLENDS), default="ramp",
                                tooltip="ramp: the official horizontal weight ramp; feather: seam-free blending "
                                        "that fades towards every view edge."),
             ],
@@ -45,9 +35,10 @@ class EquirectangularStitch(io.ComfyNode):
             raise ValueError(f"Equirectangular Stitch: got {images.shape[0]} images, not a multiple of the {m} "
                              "camera views (give the views of each scene in camera order)")
         s, h, w, c = images.shape[0] // m, images.shape[1], images.shape[2], images.shape[3]
-        K, R = rig_for_size(cameras, h, w)
+        K = cameras.intrinsics_for_size(h, w)  # the images may have been resized since generation
         views = images.reshape(s, m, h, w, c).permute(0, 1, 4, 2, 3).float()
-        pano, coverage = views_to_equirect(views, K.to(views.device), R.to(views.device), height, width, blend=blend)
+        pano, coverage = views_to_equirect(views, K.to(views.device), cameras.R.to(views.device), height, width,
+                                           blend=blend)
         return io.NodeOutput(pano.permute(0, 2, 3, 1).clamp(0, 1).to(images.dtype), coverage[:, 0].float())
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfyui_mvdiffusion.caa import fast as fast_module
-from comfyui_mvdiffusion.caa.block import CorrespondenceAttention
+from comfyui_mvdiffusion.caa.block import sample_keys
 from comfyui_mvdiffusion.caa.blockset import CAASet
 from comfyui_mvdiffusion.caa.fast import (bytes_per_query, centred_positional_encoding, fast_forward, fold_weights,
                                           tap_plan)
@@ -14,24 +14,6 @@ from comfyui_mvdiffusion.caa.placement import Site
 from comfyui_mvdiffusion.caa.run_cache import RunCache, pe_candidates, pe_selection
 from comfyui_mvdiffusion.caa.positional_encoding import frequency_bands, positional_encoding
 from comfyui_mvdiffusion.geometry import level_plan, pano_rig, unet_level_sizes
-
-
-def random_block(dim: int, seed: int = 0) -> CorrespondenceAttention:
-    gen = torch.Generator().manual_seed(seed)
-    block = CorrespondenceAttention(dim).eval()
-    with torch.no_grad():
-        for name, p in block.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
-            elif "norm" in name:
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-    return block
-
-
-def features(n: int, dim: int, size: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, dim, size, size, generator=torch.Generator().manual_seed(seed)) * 2 + 0.3
 
 
 def relative_error(fast, ref, x):
@@ -44,7 +26,7 @@ SD2_LEVELS = [(320, 0), (640, 1), (1280, 2), (1280, 3)]
 
 
 @pytest.mark.parametrize("width,level", SD2_LEVELS)
-def test_fast_equals_the_reference_at_every_sd2_level_at_512px(width, level):
+def test_fast_equals_the_reference_at_every_sd2_level_at_512px(width, level, random_block, features):
     rig = pano_rig(8, 90, 512, 512)
     h, w = unet_level_sizes(512, 512)[level]
     plan = level_plan(rig, h, w)
@@ -57,7 +39,7 @@ def test_fast_equals_the_reference_at_every_sd2_level_at_512px(width, level):
 
 
 @pytest.mark.parametrize("size", [64, 96])
-def test_fast_equals_the_reference_on_small_views_down_to_one_pixel_maps(size):
+def test_fast_equals_the_reference_on_small_views_down_to_one_pixel_maps(size, random_block, features):
     rig = pano_rig(8, 90, size, size)
     for level, (h, w) in enumerate(unet_level_sizes(size, size)):
         width = [320, 640, 1280, 1280][level]
@@ -71,7 +53,7 @@ def test_fast_equals_the_reference_on_small_views_down_to_one_pixel_maps(size):
         assert relative_error(fast, ref, x) <= 1e-4, (size, level)
 
 
-def test_small_chunks_give_the_same_result_as_one_chunk():
+def test_small_chunks_give_the_same_result_as_one_chunk(random_block, features):
     rig = pano_rig(8, 90, 128, 128)
     plan = level_plan(rig, 16, 16)
     block = random_block(320)
@@ -84,7 +66,7 @@ def test_small_chunks_give_the_same_result_as_one_chunk():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_stays_close_to_float32(dtype):
+def test_half_precision_stays_close_to_float32(dtype, random_block, features):
     rig = pano_rig(8, 90, 128, 128)
     block = random_block(640)
     x = features(16, 640, 8)
@@ -96,7 +78,7 @@ def test_half_precision_stays_close_to_float32(dtype):
     assert relative_error(out.float(), ref, x) < 0.05
 
 
-def test_the_taps_reproduce_grid_sample():
+def test_the_taps_reproduce_grid_sample(features):
     """4-tap bilinear weights from the plan equal grid_sample(align_corners=True, zeros padding)."""
     rig = pano_rig(8, 90, 128, 128)
     plan = level_plan(rig, 16, 16)
@@ -104,14 +86,12 @@ def test_the_taps_reproduce_grid_sample():
     x = features(8, 4, 16)
     rows = x.permute(0, 2, 3, 1).reshape(-1, 4)
     sampled = sum(taps.weight[..., t, None] * rows[taps.index[..., t]] for t in range(4))  # (m h w, K, C)
-    from comfyui_mvdiffusion.caa.block import sample_keys
-
     reference = sample_keys(x, plan)[0]  # (m, K, C, h, w)
     reference = reference.permute(0, 3, 4, 1, 2).reshape(-1, 18, 4)
     assert torch.allclose(sampled, reference, atol=1e-5)
 
 
-def test_folded_weights_are_norm1_folded_into_the_key_and_value_projections():
+def test_folded_weights_are_norm1_folded_into_the_key_and_value_projections(random_block):
     block = random_block(320)
     folded = fold_weights(block, torch.device("cpu"), torch.float32)
     t = block.transformer
@@ -123,7 +103,7 @@ def test_folded_weights_are_norm1_folded_into_the_key_and_value_projections():
     assert torch.allclose(via_fold, k, atol=1e-5)
 
 
-def test_precomputed_positional_encodings_give_the_result_of_the_chunk_by_chunk_ones():
+def test_precomputed_positional_encodings_give_the_result_of_the_chunk_by_chunk_ones(random_block, features):
     rig = pano_rig(8, 90, 256, 256)
     plan = level_plan(rig, 16, 16)
     block = random_block(640, seed=3)
@@ -147,7 +127,7 @@ def test_the_centred_positional_encoding_is_the_encoding_minus_its_channel_mean(
     assert torch.allclose(pe, direct - direct.mean(dim=-1, keepdim=True), atol=1e-6)
 
 
-def test_the_sparse_and_the_embedding_bag_gathers_agree(monkeypatch):
+def test_the_sparse_and_the_embedding_bag_gathers_agree(monkeypatch, random_block, features):
     """On CPUs the 4-tap samples are a sparse matrix product; elsewhere (and for half types) embedding_bag."""
     rig = pano_rig(8, 90, 128, 128)
     plan = level_plan(rig, 8, 8)
@@ -161,7 +141,7 @@ def test_the_sparse_and_the_embedding_bag_gathers_agree(monkeypatch):
     assert torch.allclose(sparse, bag, atol=1e-5, rtol=1e-5)
 
 
-def test_channels_last_features_give_the_same_values_in_their_own_layout():
+def test_channels_last_features_give_the_same_values_in_their_own_layout(random_block, features):
     rig = pano_rig(8, 90, 128, 128)
     plan = level_plan(rig, 8, 8)
     block = random_block(320, seed=5)
@@ -183,7 +163,7 @@ def sd2_sites(levels: int = 4):
     return sites
 
 
-def test_a_runs_cache_builds_each_levels_encodings_once_and_gives_the_uncached_result():
+def test_a_runs_cache_builds_each_levels_encodings_once_and_gives_the_uncached_result(random_block):
     rig = pano_rig(8, 90, 128, 128)
     caa = CAASet()
     for _, _, block in caa.named_blocks():

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from comfyui_mvdiffusion.geometry import intrinsics, pano_cameras, pano_rig, rig_cameras, ring_neighbours, rotation
+from comfyui_mvdiffusion.geometry import (intrinsics, pano_cameras, pano_rig, pixel_grid, rig_cameras,
+                                          ring_neighbours, rotation)
 from comfyui_mvdiffusion.geometry.cameras import Rig
 from comfyui_mvdiffusion.geometry.equirect import direction_to_lonlat
 
-# correspondences.overlap_fraction rotates view i's world rays with R_j instead of R_j^T (einsum "jba,ian->ijbn"
-# reads R64[j, b, a], i.e. (R_j @ ray)_b), so rig_cameras' default neighbours are wrong for every view but view 0.
+
 def test_intrinsics_follow_the_official_formula():
     K = intrinsics(90.0, 512, 512)
     assert K.dtype == torch.float32 and K.shape == (3, 3)
@@ -20,6 +20,24 @@ def test_intrinsics_follow_the_official_formula():
     K = intrinsics(60.0, 192, 256)  # the horizontal fov sets f; cx, cy are the centres of the pixel grid
     assert torch.allclose(K[0, 0], torch.tensor(128 / math.tan(math.radians(30.0))))
     assert (K[0, 2], K[1, 2]) == (127.5, 95.5)
+
+
+def test_the_pixel_grid_holds_x_y_1_at_every_pixel_in_the_requested_dtype():
+    for dtype in (torch.float32, torch.float64):
+        grid = pixel_grid(3, 4, dtype=dtype)
+        assert grid.shape == (3, 4, 3) and grid.dtype == dtype
+        for y in range(3):
+            for x in range(4):
+                assert grid[y, x].tolist() == [x, y, 1]
+
+
+def test_a_rigs_intrinsics_for_another_size_keep_its_fields_of_view():
+    rig = rig_cameras([0.0, 120.0, 240.0], [0.0] * 3, [90.0, 100.0, 110.0], 64, 64, neighbours=[(1,), (2,), (0,)])
+    K = rig.intrinsics_for_size(48, 96)
+    assert K.shape == (3, 3, 3)
+    for i, fov in enumerate(rig.fovs_deg):
+        assert torch.equal(K[i], intrinsics(fov, 48, 96))
+    assert torch.equal(rig.intrinsics_for_size(64, 64), rig.K)
 
 
 def test_rotations_are_proper_and_map_camera_directions_to_the_world():
@@ -64,6 +82,9 @@ def test_the_pano_rig_is_the_official_ring_and_its_neighbours_are_i_minus_1_and_
     assert hash(rig) == hash(pano_rig()) and rig == pano_rig()  # hashable: plans are cached per rig
 
 
+# rig_cameras' default neighbours come from correspondences.overlap_fraction, which takes view i's world rays into
+# view j's camera frame with R_j^T (einsum "jab,ian->ijbn" sums over R[j, a, b]'s first index a): the tests below
+# check those neighbours for views other than view 0, where R_j and R_j^T differ.
 def test_the_general_rig_of_the_pano_ring_finds_the_ring_neighbours():
     rig = rig_cameras([45.0 * i for i in range(8)], [0.0] * 8, [90.0] * 8, 64, 64)
     assert [set(n) for n in rig.neighbours] == [{(i - 1) % 8, (i + 1) % 8} for i in range(8)]

@@ -62,9 +62,10 @@ def test_pixel_correspondences_are_bit_identical_to_an_independent_float32_compu
 def test_a_float64_computation_of_the_correspondences_differs_in_bits(official_512):
     K, R, corr = official_512
     differing = 0
+    grid64 = pixel_grid(512, 512, dtype=torch.float64).reshape(-1, 3).T
     for i, j in [(0, 1), (1, 0), (3, 4)]:
         H = K[j].double() @ torch.inverse(R[j].double()) @ R[i].double() @ torch.inverse(K[i].double())
-        xy = apply_homography(H, pixel_grid(512, 512).double().reshape(-1, 3).T).reshape(512, 512, 2).float()
+        xy = apply_homography(H, grid64).reshape(512, 512, 2).float()
         assert torch.allclose(xy, corr[i, j], rtol=1e-4, atol=1e-2)  # the same geometry...
         differing += int((xy != corr[i, j]).sum())
     assert differing > 0.3 * 3 * 512 * 512 * 2  # ...but not the same bits, and the positional encoding sees bits
@@ -110,10 +111,10 @@ def test_overlap_fraction_of_view_0_with_its_neighbours_is_about_half():
 
 @pytest.mark.parametrize("K, R, message", [
     (torch.eye(3).expand(8, 3, 3), torch.eye(3).expand(7, 3, 3),
-     "K and R must describe the same views, got 8 intrinsics and 7 rotations"),
-    (torch.zeros(8, 3, 4), torch.eye(3).expand(8, 3, 3), "K must have shape (m, 3, 3), got (8, 3, 4)"),
-    (torch.eye(3), torch.eye(3), "K must have shape (m, 3, 3), got (3, 3)"),
-    (torch.eye(3).expand(2, 3, 3), torch.zeros(2, 2, 3), "R must have shape (m, 3, 3), got (2, 2, 3)"),
+     "K and R must describe the same views: got 8 intrinsics and 7 rotations"),
+    (torch.zeros(8, 3, 4), torch.eye(3).expand(8, 3, 3), "K must be intrinsics of shape (m, 3, 3), got (8, 3, 4)"),
+    (torch.eye(3), torch.eye(3), "K must be intrinsics of shape (m, 3, 3), got (3, 3)"),
+    (torch.eye(3).expand(2, 3, 3), torch.zeros(2, 2, 3), "R must be rotations of shape (m, 3, 3), got (2, 2, 3)"),
 ])
 def test_malformed_or_mismatched_cameras_raise_value_errors_that_say_what_was_expected(K, R, message):
     for call in (lambda: homographies(K, R), lambda: pixel_correspondences(K, R, 8, 8),

@@ -6,6 +6,11 @@ import torch
 
 pytestmark = pytest.mark.host
 
+# a prompt of two 77-token chunks: views with one-chunk prompts are repeated up to 154 tokens (nodes/prompts.py)
+LONG = " ".join(["a very long description of a wooden kitchen with many details"] * 12)
+SHORT = "a short one"
+MIXED = "\n".join([LONG] + [SHORT] * 7)  # view 0 long, views 1-7 short
+
 
 def test_one_line_is_the_same_conditioning_as_clip_text_encode(comfy, graph, sd2, cameras, prompts):
     (ours,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text="a cosy kitchen\n\n")
@@ -41,13 +46,34 @@ def test_a_prompt_that_differs_only_for_view_3_changes_view_3_most(graph, sd2, c
         assert torch.count_nonzero(per_view) == 1
 
 
-def test_prompts_of_different_lengths_share_one_batch(graph, sd2, cameras):
-    long = " ".join(["a very long description of a wooden kitchen with many details"] * 12)
-    text = "\n".join([long] + ["a short one"] * 7)
-    (cond,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text=text)
-    assert cond[0][0].shape[0] == 8 and cond[0][0].shape[1] % 77 == 0 and cond[0][0].shape[1] > 77
-    out = graph.ksample(sd2.model, cond, cond, graph.latent(cameras))
-    assert torch.isfinite(out).all()
+def test_repeated_tokens_leave_the_models_cross_attention_unchanged(comfy, graph, sd2, cameras):
+    """Repeating every key/value token the same number of times scales the softmax's numerator and denominator
+    alike: the host's cross-attention over the padded tokens equals that over the view's own tokens."""
+    (cond,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text=MIXED)
+    (alone,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, SHORT)
+    padded, own, long = cond[0][0][1:2], alone[0][0], cond[0][0][0:1]
+    assert padded.shape[1] == 2 * own.shape[1] == 154
+    attn2 = next(m for name, m in sd2.model.model.diffusion_model.named_modules() if name.endswith("attn2"))
+    dtype = attn2.to_q.weight.dtype
+    x = torch.randn(1, 64, attn2.to_q.in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.inference_mode():
+        over_padded, over_own = attn2(x, context=padded.to(dtype)), attn2(x, context=own.to(dtype))
+        over_long = attn2(x, context=long.to(dtype))
+    assert graph.max_rel(over_padded, over_own) < 1e-5
+    assert graph.max_rel(over_long, over_own) > 1e-2  # the attention does tell the prompts apart
+
+
+def test_views_whose_tokens_were_repeated_sample_as_if_their_prompt_was_encoded_alone(graph, sd2, cameras, prompts):
+    """Views 1-7 share a batch with view 0's longer prompt and are padded to its length; without CAA the views
+    are independent, so they must come out as when every view has the short prompt at its own length."""
+    (mixed,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text=MIXED)
+    (short,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text=SHORT)
+    assert mixed[0][0].shape[1] == 154 and short[0][0].shape[1] == 77
+    lat = graph.latent(cameras)
+    out_mixed = graph.ksample(sd2.model, mixed, prompts.neg, lat)
+    out_short = graph.ksample(sd2.model, short, prompts.neg, lat)
+    assert graph.max_rel(out_mixed[1:], out_short[1:]) < 1e-4  # float rounding (3e-6 here); zero padding: 0.2
+    assert graph.max_rel(out_mixed[:1], out_short[:1]) > 1e-2  # view 0's own prompt does change view 0
 
 
 def test_a_wrong_number_of_lines_is_refused_naming_the_node(graph, sd2, cameras):
