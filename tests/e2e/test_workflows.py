@@ -19,6 +19,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+import official_layouts  # noqa: E402
 import random_weights  # noqa: E402
 from workflow_api import set_inputs, ui_to_api  # noqa: E402
 
@@ -86,7 +87,7 @@ def check_outputs(server, entry, pano_prefix: str, views_prefix: str | None = No
 
 @pytest.fixture(scope="module")
 def official_pano(comfy_server, cache_dir, install) -> str:
-    return install(comfy_server, random_weights.official_checkpoint(cache_dir, "pano"), "mvdiffusion", "pano.ckpt")
+    return install(comfy_server, official_layouts.official_checkpoint(cache_dir, "pano"), "mvdiffusion", "pano.ckpt")
 
 
 @pytest.fixture(scope="module")
