@@ -5,6 +5,10 @@
   320 wide but shallow (one res block per level, widths 320/320/640/640) to keep tests fast; CLIP and VAE
   have their real sizes (ComfyUI builds them from fixed configs). Stored as fp16 safetensors.
 * :func:`caa_weights`: CAA weights in this pack's safetensors format, matching that UNet's widths.
+* :func:`controlnet`: a ControlNet for that UNet in the original ``control_model.`` layout, which the host's
+  ``ControlNetLoader`` recognises from its keys.
+* :func:`lora`: a LoRA for that UNet in kohya's key format (``lora_unet_<diffusers name>.lora_down/lora_up/
+  alpha``) over every attention and projection layer, which ``LoraLoader(ModelOnly)`` reads.
 
 Random checkpoints in the layout of the official MVDiffusion releases are in ``official_layouts.py``.
 
@@ -138,7 +142,65 @@ def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale:
     return path
 
 
-BUILDERS = {"sd2": sd2_checkpoint, "caa": caa_weights}
+def _save_once(path: Path, state_dict: dict) -> Path:
+    """Save ``state_dict`` (floating tensors as fp16) with ComfyUI's writer to a temporary file renamed to
+    ``path``, so an interrupted build never leaves a truncated file in the cache."""
+    import comfy.utils
+
+    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    comfy.utils.save_torch_file({k: (v.half() if v.is_floating_point() else v).contiguous()
+                                 for k, v in state_dict.items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def controlnet(out_dir: Path, seed: int = 0) -> Path:
+    """Build (once) a random ControlNet for the test UNet (same widths, levels and attention layout), in the
+    original ControlNet file layout (``control_model.`` + ComfyUI's ``cldm.ControlNet`` names): the host's
+    loader detects its UNet config from the keys. The zero convolutions are random too (not zero), so the
+    ControlNet changes the result."""
+    path = Path(out_dir) / f"mvd_test_controlnet_v{VERSION}_s{seed}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy_host.import_host()
+    import comfy.cldm.cldm
+
+    config = {k: v for k, v in test_unet_config().items() if k != "out_channels"}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, dtype=torch.float32, device=torch.device("cpu"), **config)
+    init_parameters(net, seed)
+    return _save_once(path, {f"control_model.{k}": v for k, v in net.state_dict().items()})
+
+
+def lora(out_dir: Path, seed: int = 0, rank: int = 4, gain: float = 0.1) -> Path:
+    """Build (once) a random LoRA for the test UNet in kohya's format: for every linear layer of its
+    transformers (attention q/k/v/out, feed-forward, proj_in/out), ``lora_unet_<diffusers name>.lora_down``
+    (rank x in), ``.lora_up`` (out x rank) and ``.alpha`` (= rank, scale 1). Its update ``up @ down`` has
+    entries of about ``gain / sqrt(in)`` (the test UNet's own weights: 0.5 / sqrt(in))."""
+    path = Path(out_dir) / f"mvd_test_lora_v{VERSION}_s{seed}_r{rank}_x{gain:g}.safetensors"
+    if path.exists():
+        return path
+    comfy_host.import_host()
+    import comfy.utils
+    from safetensors import safe_open
+
+    layers = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+              "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    with safe_open(sd2_checkpoint(out_dir), framework="pt") as unet:  # the shapes of the test UNet's layers
+        for name, ldm in sorted(comfy.utils.unet_to_diffusers(test_unet_config()).items()):
+            if not name.endswith(tuple(f"{layer}.weight" for layer in layers)):
+                continue
+            out_features, in_features = unet.get_slice(f"model.diffusion_model.{ldm}").get_shape()
+            key = "lora_unet_" + name.removesuffix(".weight").replace(".", "_")
+            state[f"{key}.lora_down.weight"] = torch.randn(rank, in_features, generator=gen) / in_features ** 0.5
+            state[f"{key}.lora_up.weight"] = torch.randn(out_features, rank, generator=gen) * (gain / rank ** 0.5)
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+    return _save_once(path, state)
+
+
+BUILDERS = {"sd2": sd2_checkpoint, "caa": caa_weights, "controlnet": controlnet, "lora": lora}
 
 
 def main(argv=None) -> int:
