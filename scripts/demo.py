@@ -48,11 +48,12 @@ def missing_weights_message() -> str:
 
 def prepare_random_models(base_models: Path) -> None:
     """Random official-layout pano.ckpt in a models folder of the demo's own (never in ./models)."""
+    import official_layouts
     import random_weights
 
     print("[demo] DEMO_RANDOM_WEIGHTS=1: synthesising a random checkpoint in the official pano.ckpt layout "
           "(about 5 GB, once; cached)", flush=True)
-    ckpt = random_weights.official_checkpoint(random_weights.models_dir(), kind="pano")
+    ckpt = official_layouts.official_checkpoint(random_weights.models_dir(), kind="pano")
     target = base_models / "mvdiffusion" / "pano.ckpt"
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or target.exists():

@@ -5,6 +5,12 @@
   320 wide but shallow (one res block per level, widths 320/320/640/640) to keep tests fast; CLIP and VAE
   have their real sizes (ComfyUI builds them from fixed configs). Stored as fp16 safetensors.
 * :func:`caa_weights`: CAA weights in this pack's safetensors format, matching that UNet's widths.
+* :func:`controlnet`: a ControlNet for that UNet in the original ``control_model.`` layout, which the host's
+  ``ControlNetLoader`` recognises from its keys.
+* :func:`lora`: a LoRA for that UNet in kohya's key format (``lora_unet_<diffusers name>.lora_down/lora_up/
+  alpha``) over every attention and projection layer, which ``LoraLoader(ModelOnly)`` reads.
+
+Random checkpoints in the layout of the official MVDiffusion releases are in ``official_layouts.py``.
 
 Comfy's layers skip weight initialisation, so every parameter is initialised here explicitly (seeded).
 Files are written once into a cache folder and reused (the name carries a format version).
@@ -28,6 +34,8 @@ VERSION = 1
 def models_dir() -> Path:
     """Where random models are cached (shared by the tests and the demo: each is built once)."""
     return comfy_host.cache_dir() / "test-models"
+
+
 # the shallow SD2-like UNet of the tests: 4 levels like SD2 (so 64-px views reach a 1x1 deepest level)
 TEST_UNET = dict(channel_mult=[1, 1, 2, 2], num_res_blocks=[1, 1, 1, 1], transformer_depth=[1, 1, 1, 0])
 
@@ -116,7 +124,7 @@ def sd2_checkpoint(out_dir: Path, seed: int = 0) -> Path:
 def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale: float = 1.0) -> Path:
     """Build (once) random CAA weights for the test UNet (or given widths) in this pack's format."""
     widths = widths or test_unet_widths()
-    tag = "-".join(str(w) for w in widths["encoder"]) + f"_{widths['mid']}_" + "-".join(str(w) for w in widths["decoder"])
+    tag = "-".join(map(str, widths["encoder"])) + f"_{widths['mid']}_" + "-".join(map(str, widths["decoder"]))
     path = Path(out_dir) / f"mvd_test_caa_v{VERSION}_{tag}_s{seed}_x{scale:g}.safetensors"
     if path.exists():
         return path
@@ -134,356 +142,75 @@ def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Random checkpoints in the layout of the official MVDiffusion releases (pano.ckpt, pano_outpaint.ckpt,
-# depth_gen.ckpt, depth_single_view.ckpt). The key lists are generated here (no fixture file needed at run
-# time, so the demo works anywhere); tests/caa/test_checkpoint_layout.py checks them against the layouts
-# measured from the official modules (tests/fixtures/checkpoint-layouts/*.json): same keys, order,
-# shapes and dtypes.
-# ---------------------------------------------------------------------------------------------------------
-import math  # noqa: E402
-import tempfile  # noqa: E402
-import zlib  # noqa: E402
+def _save_once(path: Path, state_dict: dict) -> Path:
+    """Save ``state_dict`` (floating tensors as fp16) with ComfyUI's writer to a temporary file renamed to
+    ``path``, so an interrupted build never leaves a truncated file in the cache."""
+    import comfy.utils
 
-OFFICIAL_VERSION = 1
-OFFICIAL_KINDS = ("pano", "pano_outpaint", "depth", "depth_single_view")
-_OFFICIAL_UNET_IN = {"pano": 4, "pano_outpaint": 9, "depth": 5, "depth_single_view": 5}
-_OFFICIAL_MODEL_ID = {"pano": "stabilityai/stable-diffusion-2-base",
-                      "pano_outpaint": "stabilityai/stable-diffusion-2-inpainting",
-                      "depth": "stabilityai/stable-diffusion-2-depth",
-                      "depth_single_view": "stabilityai/stable-diffusion-2-depth"}
-
-
-def _official_text_encoder(dtype):
-    """transformers 4.28 CLIPTextModel of SD2 (OpenCLIP-H, 23 of its 24 layers), prefix ``text_encoder.``."""
-    p, h = "text_encoder.text_model.", 1024
-    keys = [(p + "embeddings.position_ids", (1, 77), torch.int64),
-            (p + "embeddings.token_embedding.weight", (49408, h), dtype),
-            (p + "embeddings.position_embedding.weight", (77, h), dtype)]
-    for i in range(23):
-        q = f"{p}encoder.layers.{i}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            keys += [(f"{q}self_attn.{proj}.weight", (h, h), dtype), (f"{q}self_attn.{proj}.bias", (h,), dtype)]
-        keys += [(q + "layer_norm1.weight", (h,), dtype), (q + "layer_norm1.bias", (h,), dtype),
-                 (q + "mlp.fc1.weight", (4 * h, h), dtype), (q + "mlp.fc1.bias", (4 * h,), dtype),
-                 (q + "mlp.fc2.weight", (h, 4 * h), dtype), (q + "mlp.fc2.bias", (h,), dtype),
-                 (q + "layer_norm2.weight", (h,), dtype), (q + "layer_norm2.bias", (h,), dtype)]
-    return keys + [(p + "final_layer_norm.weight", (h,), dtype), (p + "final_layer_norm.bias", (h,), dtype)]
-
-
-def _conv(name, cout, cin, k, dtype=torch.float32):
-    return [(name + ".weight", (cout, cin, k, k), dtype), (name + ".bias", (cout,), dtype)]
-
-
-def _norm(name, c, dtype=torch.float32):
-    return [(name + ".weight", (c,), dtype), (name + ".bias", (c,), dtype)]
-
-
-def _linear(name, cout, cin, bias=True, dtype=torch.float32):
-    return [(name + ".weight", (cout, cin), dtype)] + ([(name + ".bias", (cout,), dtype)] if bias else [])
-
-
-def _official_vae():
-    """diffusers 0.16 AutoencoderKL of SD2 (old attention names query/key/value/proj_attn), prefix ``vae.``."""
-
-    def resnet(name, cin, cout):
-        keys = _norm(name + ".norm1", cin) + _conv(name + ".conv1", cout, cin, 3) + _norm(name + ".norm2", cout) \
-            + _conv(name + ".conv2", cout, cout, 3)
-        return keys + (_conv(name + ".conv_shortcut", cout, cin, 1) if cin != cout else [])
-
-    def mid(name, c):
-        a = name + ".attentions.0"
-        keys = _norm(a + ".group_norm", c)
-        for proj in ("query", "key", "value", "proj_attn"):
-            keys += _linear(f"{a}.{proj}", c, c)
-        return keys + resnet(name + ".resnets.0", c, c) + resnet(name + ".resnets.1", c, c)
-
-    chans = [128, 256, 512, 512]
-    keys = _conv("vae.encoder.conv_in", 128, 3, 3)
-    cin = 128
-    for i, c in enumerate(chans):
-        for j in range(2):
-            keys += resnet(f"vae.encoder.down_blocks.{i}.resnets.{j}", cin if j == 0 else c, c)
-        if i < 3:
-            keys += _conv(f"vae.encoder.down_blocks.{i}.downsamplers.0.conv", c, c, 3)
-        cin = c
-    keys += mid("vae.encoder.mid_block", 512) + _norm("vae.encoder.conv_norm_out", 512) \
-        + _conv("vae.encoder.conv_out", 8, 512, 3)
-    keys += _conv("vae.decoder.conv_in", 512, 4, 3)
-    cin = 512
-    for i, c in enumerate(chans[::-1]):
-        for j in range(3):
-            keys += resnet(f"vae.decoder.up_blocks.{i}.resnets.{j}", cin if j == 0 else c, c)
-        if i < 3:
-            keys += _conv(f"vae.decoder.up_blocks.{i}.upsamplers.0.conv", c, c, 3)
-        cin = c
-    keys += mid("vae.decoder.mid_block", 512) + _norm("vae.decoder.conv_norm_out", 128) \
-        + _conv("vae.decoder.conv_out", 3, 128, 3)
-    return keys + _conv("vae.quant_conv", 8, 8, 1) + _conv("vae.post_quant_conv", 4, 4, 1)
-
-
-def _official_unet(in_channels, model_channels=320, context_dim=1024):
-    """diffusers 0.16 UNet2DConditionModel of SD2 (linear projections), prefix ``mv_base_model.unet.``."""
-    p = "mv_base_model.unet."
-    chans = [model_channels * m for m in (1, 2, 4, 4)]
-    temb = 4 * model_channels
-
-    def resnet(name, cin, cout):
-        keys = _norm(name + ".norm1", cin) + _conv(name + ".conv1", cout, cin, 3) \
-            + _linear(name + ".time_emb_proj", cout, temb) + _norm(name + ".norm2", cout) \
-            + _conv(name + ".conv2", cout, cout, 3)
-        return keys + (_conv(name + ".conv_shortcut", cout, cin, 1) if cin != cout else [])
-
-    def transformer(name, c):
-        t = name + ".transformer_blocks.0"
-        keys = _norm(name + ".norm", c) + _linear(name + ".proj_in", c, c) + _norm(t + ".norm1", c)
-        keys += [(f"{t}.attn1.{x}.weight", (c, c), torch.float32) for x in ("to_q", "to_k", "to_v")]
-        keys += _linear(t + ".attn1.to_out.0", c, c) + _norm(t + ".norm2", c)
-        keys += _linear(t + ".attn2.to_q", c, c, bias=False) + _linear(t + ".attn2.to_k", c, context_dim, bias=False) \
-            + _linear(t + ".attn2.to_v", c, context_dim, bias=False) + _linear(t + ".attn2.to_out.0", c, c)
-        keys += _norm(t + ".norm3", c) + _linear(t + ".ff.net.0.proj", 8 * c, c) + _linear(t + ".ff.net.2", c, 4 * c)
-        return keys + _linear(name + ".proj_out", c, c)
-
-    keys = _conv(p + "conv_in", model_channels, in_channels, 3) \
-        + _linear(p + "time_embedding.linear_1", temb, model_channels) \
-        + _linear(p + "time_embedding.linear_2", temb, temb)
-    skips, cin = [model_channels], model_channels
-    for i, c in enumerate(chans):
-        b = f"{p}down_blocks.{i}"
-        if i < 3:
-            for j in range(2):
-                keys += transformer(f"{b}.attentions.{j}", c)
-        for j in range(2):
-            keys += resnet(f"{b}.resnets.{j}", cin if j == 0 else c, c)
-            skips.append(c)
-        if i < 3:
-            keys += _conv(f"{b}.downsamplers.0.conv", c, c, 3)
-            skips.append(c)
-        cin = c
-    for i, c in enumerate(chans[::-1]):
-        b = f"{p}up_blocks.{i}"
-        if i > 0:
-            for j in range(3):
-                keys += transformer(f"{b}.attentions.{j}", c)
-        for j in range(3):
-            keys += resnet(f"{b}.resnets.{j}", cin + skips.pop(), c)
-            cin = c
-        if i < 3:
-            keys += _conv(f"{b}.upsamplers.0.conv", c, c, 3)
-    c = chans[-1]
-    keys += transformer(p + "mid_block.attentions.0", c) + resnet(p + "mid_block.resnets.0", c, c) \
-        + resnet(p + "mid_block.resnets.1", c, c)
-    return keys + _norm(p + "conv_norm_out", model_channels) + _conv(p + "conv_out", 4, model_channels, 3)
-
-
-def _official_caa(widths, depth=False):
-    """The CAA blocks, prefix ``mv_base_model.``: pano ``CPAttn`` (pe width dim/4) or depth ``CPBlock``
-    (its ``attn1`` is a CPAttn with pe width dim/2, plus a zero-initialised ResNet block)."""
-
-    def cpattn(name, c, pe):
-        t = name + ".transformer"
-        keys = [(f"{t}.attn1.{x}.weight", (c, c), torch.float32) for x in ("to_q", "to_k", "to_v")]
-        keys += _linear(t + ".attn1.to_out", c, c) + _linear(t + ".ff.net.0.proj", 8 * c, c) \
-            + _linear(t + ".ff.net.2", c, 4 * c) + _norm(t + ".norm1", c) + _norm(t + ".norm2", c)
-        return keys + [(name + ".pe.freq_bands", (1, 1, pe), torch.float32)]
-
-    def block(name, c):
-        if not depth:
-            return cpattn(name, c, c // 4)
-        r = name + ".resnet"
-        return cpattn(name + ".attn1", c, c // 2) + [(r + ".conv1.weight", (c, c, 3, 3), torch.float32)] \
-            + _norm(r + ".bn1", c) + [(r + ".conv2.weight", (c, c, 3, 3), torch.float32)] + _norm(r + ".bn2", c)
-
-    keys = []
-    for k, c in enumerate(widths["encoder"]):
-        keys += block(f"mv_base_model.cp_blocks_encoder.{k}", c)
-    keys += block("mv_base_model.cp_blocks_mid", widths["mid"])
-    for k, c in enumerate(widths["decoder"]):
-        keys += block(f"mv_base_model.cp_blocks_decoder.{k}", c)
-    return keys
-
-
-def _official_condition_encoders(model_channels=320):
-    """depth_gen's key-frame condition encoders (``ImageEncodingBlock``s), prefix ``mv_base_model.``."""
-    m = model_channels
-    keys = _conv("mv_base_model.condition_conv_in", m, 5, 3)
-    for part, outs in (("condition_downblocks", (m, m, 2 * m, 4 * m)),
-                       ("condition_upblocks", (4 * m, 4 * m, 4 * m, 2 * m))):
-        for i, c in enumerate(outs):
-            name = f"mv_base_model.{part}.{i}"
-            keys += _norm(name + ".norm1", m) + _conv(name + ".conv1", c, m, 3) + _norm(name + ".norm2", c) \
-                + _conv(name + ".conv2", c, c, 1)
-    return keys
-
-
-def official_keys(kind: str = "pano", model_channels: int = 320) -> list:
-    """``[(name, shape, dtype)]`` of an official checkpoint's ``state_dict``, in the official order.
-
-    ``model_channels`` < 320 shrinks the UNet and the CAA blocks (same names, for fast naming tests; the
-    real checkpoints are 320). The text encoder is fp16 in the pano models and fp32 in the depth ones.
-    """
-    if kind not in OFFICIAL_KINDS:
-        raise ValueError(f"kind must be one of {OFFICIAL_KINDS}, not {kind!r}")
-    chans = [model_channels * m for m in (1, 2, 4, 4)]
-    widths = {"encoder": chans, "mid": chans[-1], "decoder": chans[::-1]}
-    unet = _official_unet(_OFFICIAL_UNET_IN[kind], model_channels)
-    if kind in ("pano", "pano_outpaint"):
-        return _official_text_encoder(torch.float16) + _official_vae() + unet + _official_caa(widths)
-    keys = _official_vae() + _official_text_encoder(torch.float32) + unet
-    if kind == "depth":
-        keys += _official_caa(widths, depth=True) + _official_condition_encoders(model_channels)
-    return keys
-
-
-def official_tensor(name: str, shape, dtype, seed: int = 0, gain: float = 0.5) -> torch.Tensor:
-    """One tensor of a random official checkpoint, seeded by (seed, name) so any subset is reproducible.
-
-    Weights ~ N(0, gain / sqrt(fan_in)); norm scales 1; biases 0 (zero norm biases keep ComfyUI's SD2
-    v-prediction heuristic on eps); embeddings N(0, 0.02); ``pe.freq_bands`` = frequency_bands(N);
-    ``position_ids`` = arange. The CAA output layers are random too (not the official zero init), so the
-    blocks do something.
-    """
-    shape = tuple(shape)
-    if name.endswith("position_ids"):
-        return torch.arange(shape[-1], dtype=dtype).reshape(shape)
-    if name.endswith("pe.freq_bands"):
-        base = 2 if shape[-1] <= 80 else 5000 ** (1 / (shape[-1] / 2.5))  # = positional_encoding.frequency_bands
-        return (base ** torch.linspace(0, shape[-1] - 1, shape[-1])).reshape(shape).to(dtype)
-    if len(shape) == 1:
-        return (torch.zeros if name.endswith("bias") else torch.ones)(shape, dtype=dtype)
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF_FFFF_FFFF)
-    std = 0.02 if "embedding" in name else gain / math.prod(shape[1:]) ** 0.5
-    return torch.randn(shape, generator=gen).mul_(std).to(dtype)
-
-
-def official_state_dict(kind: str = "pano", seed: int = 0, select=None, model_channels: int = 320) -> dict:
-    """The random ``state_dict`` of an official checkpoint (or the keys for which ``select(name)`` is true)."""
-    return {name: official_tensor(name, shape, dtype, seed)
-            for name, shape, dtype in official_keys(kind, model_channels) if select is None or select(name)}
-
-
-_HYPER = {
-    "pano": {"dataset": {"name": "mp3d", "image_root_dir": "data/mp3d_skybox", "fov": 90, "rot": 45,
-                         "resolution": 512, "crop_size": 512, "seed": 0},
-             "train": {"lr": 0.0002, "max_epochs": 10, "batch_size": 1},
-             "model": {"model_type": "pano_generation", "guidance_scale": 9.0,
-                       "model_id": "stabilityai/stable-diffusion-2-base", "single_image_ft": False,
-                       "diff_timestep": 50}},
-    "depth": {"dataset": {"name": "scannet", "num_views": 12, "image_dir": "data/scannet/train",
-                          "resolution_h": 192, "resolution_w": 256, "data_load_mode": "fix_frame",
-                          "test_interval": -1, "gen_data_ratio": 0.5},
-              "train": {"lr": 0.0002, "max_epochs": 5, "batch_size": 1},
-              "model": {"model_id": "stabilityai/stable-diffusion-2-depth",
-                        "depth_config": "configs/depth_preprocessor_config.json", "guidance_scale": 9.0,
-                        "diff_timestep": 50, "model_type": "depth", "overlap_filter": 0.3}},
-}
-
-
-def official_hyper_parameters(kind: str) -> dict:
-    """``hyper_parameters`` as the official Lightning module saved them (``save_hyperparameters()``)."""
-    import copy
-
-    config = copy.deepcopy(_HYPER["depth" if kind.startswith("depth") else "pano"])
-    if kind == "pano_outpaint":
-        config["model"]["model_type"] = "pano_generation_outpaint"
-        config["model"]["model_id"] = _OFFICIAL_MODEL_ID[kind]
-    return {"config": config}
-
-
-def _trainable_groups(kind: str, keys: list) -> list:
-    """(lr_scale, parameter names) per optimizer group, in the official order."""
-    params = [k for k, _, _ in keys if not k.endswith(("freq_bands", "position_ids"))]
-    if kind == "depth_single_view":
-        return [(0.01, [k for k in params if k.startswith("mv_base_model.unet.")])]
-    if kind == "depth":
-        return [(1.0, [k for k in params if k.startswith("mv_base_model.cp_blocks_")]),
-                (1.0, [k for k in params if k.startswith("mv_base_model.condition_")])]
-    order = ("mv_base_model.cp_blocks_mid.", "mv_base_model.cp_blocks_decoder.", "mv_base_model.cp_blocks_encoder.")
-    return [(1.0, [k for prefix in order for k in params if k.startswith(prefix)])]
-
-
-def official_bookkeeping(kind: str, keys: list | None = None) -> dict:
-    """The top-level entries a pytorch-lightning 1.5 checkpoint carries besides ``state_dict`` (all loadable
-    with ``weights_only=True``); the optimizer state is left empty (the real one would double the size)."""
-    keys = keys if keys is not None else official_keys(kind)
-    hyper = official_hyper_parameters(kind)
-    lr, epochs = hyper["config"]["train"]["lr"], hyper["config"]["train"]["max_epochs"]
-    groups, start = [], 0
-    for scale, names in _trainable_groups(kind, keys):
-        groups.append({"lr": 1e-7, "betas": (0.9, 0.999), "eps": 1e-08, "weight_decay": 0.01, "amsgrad": False,
-                       "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
-                       "fused": None, "decoupled_weight_decay": True, "initial_lr": lr * scale,
-                       "params": list(range(start, start + len(names)))})
-        start += len(names)
-    callback = ("ModelCheckpoint{'monitor': 'train_loss', 'mode': 'min', 'every_n_train_steps': 0, "
-                "'every_n_epochs': 1, 'train_time_interval': None, 'save_on_train_epoch_end': True}")
-    return {
-        "epoch": epochs - 1,
-        "global_step": 1000 * epochs,
-        "pytorch-lightning_version": "1.5.0",
-        "callbacks": {callback: {"monitor": "train_loss", "best_model_score": torch.tensor(0.05),
-                                 "best_model_path": f"logs/tb_logs/{kind}/version_0/checkpoints/last.ckpt",
-                                 "current_score": torch.tensor(0.05),
-                                 "dirpath": f"logs/tb_logs/{kind}/version_0/checkpoints"}},
-        "optimizer_states": [{"state": {}, "param_groups": groups}],
-        "lr_schedulers": [{"T_max": epochs, "eta_min": 1e-07, "base_lrs": [lr * s for s, _ in
-                                                                          _trainable_groups(kind, keys)],
-                           "last_epoch": epochs, "_step_count": epochs + 1, "_is_initial": False,
-                           "_get_lr_called_within_step": False, "_last_lr": [1e-07] * len(groups)}],
-        "hparams_name": "kwargs",
-        "hyper_parameters": hyper,
-    }
-
-
-def save_lightning_checkpoint(path: Path, state_dict: dict, kind: str = "pano", keys: list | None = None) -> Path:
-    """``torch.save`` a Lightning-1.5-style checkpoint (bookkeeping of :func:`official_bookkeeping` around
-    ``state_dict``, top-level entries in Lightning's order) to a temporary file renamed to ``path``."""
-    path = Path(path)
-    extra = official_bookkeeping(kind, keys)
-    checkpoint = {k: extra[k] for k in ("epoch", "global_step", "pytorch-lightning_version")}
-    checkpoint["state_dict"] = state_dict
-    checkpoint.update({k: v for k, v in extra.items() if k not in checkpoint})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tmp = path.with_name(path.stem + ".tmp.safetensors")
+    comfy.utils.save_torch_file({k: (v.half() if v.is_floating_point() else v).contiguous()
+                                 for k, v in state_dict.items()}, str(tmp))
+    os.replace(tmp, path)
     return path
 
 
-def official_checkpoint(out_dir: Path, kind: str = "pano", seed: int = 0, model_channels: int = 320) -> Path:
-    """Build (once, cached by name) a random Lightning ``.ckpt`` in the exact layout of an official release.
-
-    Full size (``model_channels=320``) it is ~5 GB (pano: 1.44 G elements, 5.07 GB; about 30 s here, peak
-    RSS 5.5 GB): the tensors are generated one by one directly in their final dtype (no fp32 copy of the
-    fp16 text encoder) and written with ``torch.save`` to a temporary file renamed into place.
-    """
-    suffix = "" if model_channels == 320 else f"_c{model_channels}"
-    path = Path(out_dir) / f"mvd_official_{kind}_v{OFFICIAL_VERSION}_s{seed}{suffix}.ckpt"
+def controlnet(out_dir: Path, seed: int = 0) -> Path:
+    """Build (once) a random ControlNet for the test UNet (same widths, levels and attention layout), in the
+    original ControlNet file layout (``control_model.`` + ComfyUI's ``cldm.ControlNet`` names): the host's
+    loader detects its UNet config from the keys. The zero convolutions are random too (not zero), so the
+    ControlNet changes the result."""
+    path = Path(out_dir) / f"mvd_test_controlnet_v{VERSION}_s{seed}.safetensors"
     if path.exists():
         return path
-    keys = official_keys(kind, model_channels)
-    state_dict = {}
-    for name, shape, dtype in keys:
-        state_dict[name] = official_tensor(name, shape, dtype, seed)
-    return save_lightning_checkpoint(path, state_dict, kind, keys)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy_host.import_host()
+    import comfy.cldm.cldm
+
+    config = {k: v for k, v in test_unet_config().items() if k != "out_channels"}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, dtype=torch.float32, device=torch.device("cpu"), **config)
+    init_parameters(net, seed)
+    return _save_once(path, {f"control_model.{k}": v for k, v in net.state_dict().items()})
+
+
+def lora(out_dir: Path, seed: int = 0, rank: int = 4, gain: float = 0.1) -> Path:
+    """Build (once) a random LoRA for the test UNet in kohya's format: for every linear layer of its
+    transformers (attention q/k/v/out, feed-forward, proj_in/out), ``lora_unet_<diffusers name>.lora_down``
+    (rank x in), ``.lora_up`` (out x rank) and ``.alpha`` (= rank, scale 1). Its update ``up @ down`` has
+    entries of about ``gain / sqrt(in)`` (the test UNet's own weights: 0.5 / sqrt(in))."""
+    path = Path(out_dir) / f"mvd_test_lora_v{VERSION}_s{seed}_r{rank}_x{gain:g}.safetensors"
+    if path.exists():
+        return path
+    comfy_host.import_host()
+    import comfy.utils
+    from safetensors import safe_open
+
+    layers = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+              "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    with safe_open(sd2_checkpoint(out_dir), framework="pt") as unet:  # the shapes of the test UNet's layers
+        for name, ldm in sorted(comfy.utils.unet_to_diffusers(test_unet_config()).items()):
+            if not name.endswith(tuple(f"{layer}.weight" for layer in layers)):
+                continue
+            out_features, in_features = unet.get_slice(f"model.diffusion_model.{ldm}").get_shape()
+            key = "lora_unet_" + name.removesuffix(".weight").replace(".", "_")
+            state[f"{key}.lora_down.weight"] = torch.randn(rank, in_features, generator=gen) / in_features ** 0.5
+            state[f"{key}.lora_up.weight"] = torch.randn(out_features, rank, generator=gen) * (gain / rank ** 0.5)
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+    return _save_once(path, state)
+
+
+BUILDERS = {"sd2": sd2_checkpoint, "caa": caa_weights, "controlnet": controlnet, "lora": lora}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sd2", "caa"])
+    parser.add_argument("what", choices=sorted(BUILDERS))
     parser.add_argument("--out", type=Path, default=models_dir())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(sd2_checkpoint(args.out, args.seed) if args.what == "sd2" else caa_weights(args.out, args.seed))
+    print(BUILDERS[args.what](args.out, seed=args.seed))
     return 0
 
 

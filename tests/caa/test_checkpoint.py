@@ -1,6 +1,6 @@
 """Reading MVDiffusion checkpoints safely, telling layouts apart, and the pack's CAA file format (no ComfyUI).
 
-Checkpoints are synthesised in the exact official layout (scripts/random_weights.py, checked against the
+Checkpoints are synthesised in the exact official layout (scripts/official_layouts.py, checked against the
 official layouts in test_checkpoint_layout.py) but only with the tensors a test needs: the CAA blocks, the
 UNet tensors that give its input channels and level widths, and a few text-encoder/VAE tensors, so the
 classification sees a realistic file. Only the first test uses the full-size (SD2) CAA blocks; the others
@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import random_weights as rw  # noqa: E402
+import official_layouts as layouts  # noqa: E402
+import random_weights  # noqa: E402
 
 from comfyui_mvdiffusion.caa import checkpoint as ck  # noqa: E402
 from comfyui_mvdiffusion.caa.blockset import CAASet, SD2_WIDTHS  # noqa: E402
@@ -41,11 +42,11 @@ def official_subset(kind: str = "pano", model_channels: int = SMALL, seed: int =
     def select(name):
         return (name.startswith(("mv_base_model.cp_blocks_", "mv_base_model.condition_")) or name in FEW
                 or bool(_UNET_SHAPE_KEYS.match(name)))
-    return rw.official_state_dict(kind, seed, select, model_channels)
+    return layouts.official_state_dict(kind, seed, select, model_channels)
 
 
 def write_official(path: Path, kind: str = "pano", sd: dict | None = None, **kw) -> Path:
-    return rw.save_lightning_checkpoint(path, sd if sd is not None else official_subset(kind, **kw), kind)
+    return layouts.save_lightning_checkpoint(path, sd if sd is not None else official_subset(kind, **kw), kind)
 
 
 def caa_part(sd: dict) -> dict:
@@ -199,7 +200,7 @@ def test_saving_is_atomic_and_leaves_no_temporary_file(tmp_path):
 def test_random_test_weights_of_the_other_builders_load(tmp_path):
     """scripts/random_weights.caa_weights calls save_caa_file(state_dict, tmp, source=..., model_kind=..., dtype=...)."""
     caa = CAASet(**{"encoder_widths": [64, 64], "mid_width": 128, "decoder_widths": [64, 64]})
-    rw.init_parameters(caa, 0)
+    random_weights.init_parameters(caa, 0)
     path = ck.save_caa_file(caa.state_dict(), tmp_path / "t.safetensors", source="random (tests)",
                             model_kind="pano", dtype=torch.float16)
     loaded, info = ck.load_caa(path, dtype=torch.float32)
@@ -398,7 +399,7 @@ def test_the_single_view_depth_model_has_no_caa_keys(tmp_path):
 
 def test_a_block_of_the_wrong_width_is_refused(tmp_path):
     sd = official_subset("pano")
-    wrong = rw.official_state_dict("pano", select=lambda k: k.startswith("mv_base_model.cp_blocks_encoder.0."),
+    wrong = layouts.official_state_dict("pano", select=lambda k: k.startswith("mv_base_model.cp_blocks_encoder.0."),
                                    model_channels=SMALL)  # a 64-wide block ...
     for k, v in wrong.items():  # ... put where the 128-wide encoder block 1 belongs
         sd[k.replace("cp_blocks_encoder.0.", "cp_blocks_encoder.1.")] = v

@@ -1,7 +1,7 @@
 """ComfyUI accepts every part of an official MVDiffusion checkpoint (in-process host, CPU).
 
 One full-size random checkpoint in the exact pano.ckpt layout (5.07 GB, built once into the test cache by
-scripts/random_weights.official_checkpoint, about 30 s) is loaded through nodes/checkpoint_loading.py,
+scripts/official_layouts.official_checkpoint, about 30 s) is loaded through nodes/checkpoint_loading.py,
 which reads the file once (memory-mapped) and hands the UNet, VAE and text encoder to ComfyUI's own
 converters and loaders. The real size matters here: ComfyUI recognises SD2 by its shapes (320 channels,
 context 1024, OpenCLIP-H with 24 layers). The outpainting UNet takes the same path with 9 input channels; it
@@ -27,7 +27,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import random_weights as rw  # noqa: E402
+import official_layouts as layouts  # noqa: E402
 
 from comfyui_mvdiffusion.caa import checkpoint as ck  # noqa: E402
 from comfyui_mvdiffusion.caa.blockset import SD2_WIDTHS  # noqa: E402
@@ -54,7 +54,7 @@ def loading(comfy):
 @pytest.fixture(scope="module")
 def official(comfy, loading, cache_dir):
     """The full-size random pano.ckpt, loaded once; ComfyUI's own log records captured at DEBUG level."""
-    path = rw.official_checkpoint(cache_dir, "pano")
+    path = layouts.official_checkpoint(cache_dir, "pano")
     handler, root = _Records(), logging.getLogger()
     level = root.level
     root.addHandler(handler)
@@ -191,7 +191,7 @@ def test_the_outpainting_unet_converts_to_comfyuis_sd2_inpainting_model(comfy, o
     import comfy.model_detection
 
     unet = {k[len("mv_base_model.unet."):]: torch.empty(shape, dtype=dtype, device="meta")
-            for k, shape, dtype in rw.official_keys("pano_outpaint") if k.startswith("mv_base_model.unet.")}
+            for k, shape, dtype in layouts.official_keys("pano_outpaint") if k.startswith("mv_base_model.unet.")}
     ldm, config, unmapped = loading.diffusers_unet_to_ldm(unet, "pano_outpaint.ckpt (UNet)")
     assert unmapped == [] and config["in_channels"] == 9
     accepted = set(official.model.model.diffusion_model.state_dict())  # the pano UNet ComfyUI loaded fully
@@ -203,15 +203,15 @@ def test_the_outpainting_unet_converts_to_comfyuis_sd2_inpainting_model(comfy, o
 
 
 def _small(tmp_path, name, kind, select=None):
-    sd = rw.official_state_dict(kind, model_channels=64, select=select or (
+    sd = layouts.official_state_dict(kind, model_channels=64, select=select or (
         lambda k: k.startswith("mv_base_model.cp_blocks_") or k.endswith("conv_in.weight")))
-    return rw.save_lightning_checkpoint(tmp_path / name, sd, kind)
+    return layouts.save_lightning_checkpoint(tmp_path / name, sd, kind)
 
 
 def test_the_checkpoint_loader_refuses_what_is_not_a_whole_panorama_model(loading, tmp_path):
     ours = tmp_path / "pano.caa.safetensors"
     caa = {k[len("mv_base_model."):]: v for k, v in
-           rw.official_state_dict("pano", model_channels=64, select=lambda k: "cp_blocks_" in k).items()}
+           layouts.official_state_dict("pano", model_channels=64, select=lambda k: "cp_blocks_" in k).items()}
     ck.save_caa_file(caa, ours, source="pano.ckpt", model_kind="pano")
     cases = [
         (ours, ("only holds CAA weights", "Load CAA Weights")),

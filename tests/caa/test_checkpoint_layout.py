@@ -1,4 +1,4 @@
-"""The random official-layout checkpoints of scripts/random_weights.py are the official layouts.
+"""The random official-layout checkpoints of scripts/official_layouts.py are the official layouts.
 
 The reference is the layout measured from the official Lightning modules (diffusers 0.16.1, transformers
 4.28.1, pytorch-lightning 1.5.0; JSON files in ``tests/fixtures/checkpoint-layouts``, see its README).
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import random_weights as rw  # noqa: E402
+import official_layouts as layouts  # noqa: E402
 
 from comfyui_mvdiffusion.caa.positional_encoding import frequency_bands  # noqa: E402
 
@@ -31,7 +31,8 @@ def fixture(kind: str) -> dict:
 def test_generated_keys_are_the_official_keys_in_order_with_shapes_and_dtypes(kind):
     layout = fixture(kind)
     want = [(name, tuple(shape), dtype) for name, shape, dtype in layout["keys"]]
-    got = [(name, tuple(shape), str(dtype).removeprefix("torch.")) for name, shape, dtype in rw.official_keys(kind)]
+    got = [(name, tuple(shape), str(dtype).removeprefix("torch."))
+           for name, shape, dtype in layouts.official_keys(kind)]
     assert got == want
     assert sum(math.prod(shape) for _, shape, _ in got) == layout["n_elements"]
 
@@ -39,7 +40,7 @@ def test_generated_keys_are_the_official_keys_in_order_with_shapes_and_dtypes(ki
 @pytest.mark.parametrize("kind", sorted(FIXTURES))
 def test_bookkeeping_has_lightnings_top_level_entries_and_the_official_hyper_parameters(kind):
     layout = fixture(kind)
-    entries = rw.official_bookkeeping(kind)
+    entries = layouts.official_bookkeeping(kind)
     top = layout["lightning_checkpoint"]["top_level_keys"]
     assert sorted(entries) == sorted(k for k in top if k != "state_dict")
     if isinstance(layout["lightning_checkpoint"]["hyper_parameters"], dict):
@@ -52,15 +53,15 @@ def test_bookkeeping_has_lightnings_top_level_entries_and_the_official_hyper_par
 
 def test_the_first_trainable_parameters_are_in_the_official_optimizer_order():
     layout = fixture("pano")
-    names = rw._trainable_groups("pano", rw.official_keys("pano"))[0][1]
+    names = layouts._trainable_groups("pano", layouts.official_keys("pano"))[0][1]
     first = layout["trainable_param_groups"][0]["first_keys"]
     assert names[:len(first)] == first
 
 
 def test_a_saved_checkpoint_loads_with_weights_only_and_has_lightnings_structure(tmp_path):
     structure = json.loads((LAYOUTS / "lightning_ckpt_structure.json").read_text())
-    sd = rw.official_state_dict("pano", select=lambda k: k.startswith("mv_base_model.cp_blocks_mid."))
-    path = rw.save_lightning_checkpoint(tmp_path / "x.ckpt", sd, "pano")
+    sd = layouts.official_state_dict("pano", select=lambda k: k.startswith("mv_base_model.cp_blocks_mid."))
+    path = layouts.save_lightning_checkpoint(tmp_path / "x.ckpt", sd, "pano")
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     assert list(loaded) == structure["top_level_keys"]
     assert loaded["pytorch-lightning_version"] == "1.5.0" and loaded["hparams_name"] == "kwargs"
@@ -81,7 +82,7 @@ def test_random_values_are_sane_for_sampling():
             "mv_base_model.cp_blocks_encoder.0.pe.freq_bands", "mv_base_model.cp_blocks_mid.pe.freq_bands",
             "mv_base_model.cp_blocks_mid.transformer.attn1.to_out.weight",
             "mv_base_model.cp_blocks_mid.transformer.ff.net.2.weight"}
-    sd = rw.official_state_dict("pano", select=pick.__contains__)
+    sd = layouts.official_state_dict("pano", select=pick.__contains__)
     conv = sd["mv_base_model.unet.conv_in.weight"]
     assert abs(float(conv.std()) - 0.5 / 36 ** 0.5) < 0.01  # N(0, 0.5 / sqrt(fan_in)), fan_in 4*3*3
     assert not sd["mv_base_model.unet.conv_in.bias"].any()
@@ -100,7 +101,7 @@ def test_random_values_are_sane_for_sampling():
 
 def test_any_subset_of_tensors_is_reproducible_from_the_seed_and_the_name():
     name = "mv_base_model.cp_blocks_encoder.1.transformer.attn1.to_k.weight"
-    one = rw.official_state_dict("pano", seed=3, select=lambda k: k == name)[name]
-    more = rw.official_state_dict("pano", seed=3, select=lambda k: k.startswith("mv_base_model.cp_blocks_encoder"))
+    one = layouts.official_state_dict("pano", seed=3, select=lambda k: k == name)[name]
+    more = layouts.official_state_dict("pano", seed=3, select=lambda k: k.startswith("mv_base_model.cp_blocks_encoder"))
     assert torch.equal(one, more[name])
-    assert not torch.equal(one, rw.official_state_dict("pano", seed=4, select=lambda k: k == name)[name])
+    assert not torch.equal(one, layouts.official_state_dict("pano", seed=4, select=lambda k: k == name)[name])

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import random_weights as rw  # noqa: E402
+import official_layouts as layouts  # noqa: E402
 
 from comfyui_mvdiffusion.caa import checkpoint as ck  # noqa: E402
 from comfyui_mvdiffusion.caa import convert  # noqa: E402
@@ -28,8 +28,8 @@ def small_official(tmp_path: Path, name: str = "pano.ckpt") -> tuple[Path, dict]
     def select(k):
         return (k.startswith("mv_base_model.cp_blocks_") or k in EXTRA
                 or (k.startswith("mv_base_model.unet.") and k.endswith("conv2.weight") and ".resnets." in k))
-    sd = rw.official_state_dict("pano", select=select, model_channels=64)
-    return rw.save_lightning_checkpoint(tmp_path / name, sd, "pano"), sd
+    sd = layouts.official_state_dict("pano", select=select, model_channels=64)
+    return layouts.save_lightning_checkpoint(tmp_path / name, sd, "pano"), sd
 
 
 def caa_of(sd: dict) -> dict:
@@ -173,14 +173,14 @@ def test_whole_with_a_dtype_rounds_the_weights_but_never_the_frequencies(tmp_pat
 
 
 def test_whole_refuses_what_is_not_a_complete_panorama_checkpoint_and_writes_nothing(tmp_path, capsys):
-    caa_only = rw.save_lightning_checkpoint(
-        tmp_path / "caa.ckpt", rw.official_state_dict("pano", model_channels=64,
+    caa_only = layouts.save_lightning_checkpoint(
+        tmp_path / "caa.ckpt", layouts.official_state_dict("pano", model_channels=64,
                                                       select=lambda k: k.startswith("mv_base_model.cp_blocks_")),
         "pano")
     assert convert.main([str(caa_only), "--whole"]) == 1
     assert "lacks the unet, vae, text_encoder" in capsys.readouterr().err
-    depth = rw.save_lightning_checkpoint(
-        tmp_path / "depth_gen.ckpt", rw.official_state_dict("depth", model_channels=64,
+    depth = layouts.save_lightning_checkpoint(
+        tmp_path / "depth_gen.ckpt", layouts.official_state_dict("depth", model_channels=64,
                                                             select=lambda k: "cp_blocks_" in k), "depth")
     assert convert.main([str(depth), "--whole"]) == 1
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import official_layouts  # noqa: E402
 import random_weights  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
 
@@ -54,7 +55,7 @@ def workflow_models(cache_dir):
     ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
     memory), ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
     def pano(server) -> str:
-        return install_model(server, random_weights.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
+        return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
                              "pano.ckpt")
 
     def sd2(server) -> None:

@@ -98,3 +98,9 @@ def zero_caa(comfy, caa):
     weights = nodes_pkg.CAAWeights(state, dict(caa.info))
     weights.caa.zero_()
     return weights
+
+
+@pytest.fixture(scope="session")
+def install(comfy):
+    """install(src, folder, name=None) -> name: link a model file into the in-process host's models/<folder>."""
+    return lambda src, folder, name=None: install_model(comfy, src, folder, name)

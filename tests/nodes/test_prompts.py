@@ -1,4 +1,5 @@
-"""Panorama Prompts: per-view prompts reach the right views."""
+"""Panorama Prompts: a prompt shared by all views is CLIP Text Encode's conditioning; per-view prompts reach the
+right views."""
 from __future__ import annotations
 
 import pytest
@@ -12,14 +13,24 @@ SHORT = "a short one"
 MIXED = "\n".join([LONG] + [SHORT] * 7)  # view 0 long, views 1-7 short
 
 
-def test_one_line_is_the_same_conditioning_as_clip_text_encode(comfy, graph, sd2, cameras, prompts):
-    (ours,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text="a cosy kitchen\n\n")
-    (host,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "a cosy kitchen")
-    assert ours[0][0].shape == (8, 77, 1024)
-    assert all(torch.equal(row, host[0][0][0]) for row in ours[0][0])
-    lat = graph.latent(cameras)
-    assert torch.equal(graph.ksample(sd2.model, ours, prompts.neg, lat),
-                       graph.ksample(sd2.model, host, prompts.neg, lat))
+def assert_same_conditioning(a: list, b: list) -> None:
+    """Two CONDITIONING lists hold the same entries: equal tensors and equal options."""
+    assert len(a) == len(b)
+    for (cond_a, options_a), (cond_b, options_b) in zip(a, b):
+        assert torch.equal(cond_a, cond_b)
+        assert options_a.keys() == options_b.keys()
+        for key, value in options_a.items():
+            assert torch.equal(value, options_b[key]) if torch.is_tensor(value) else value == options_b[key]
+
+
+@pytest.mark.parametrize("text", ["a cosy kitchen\n\n", "\n".join(["a cosy kitchen"] * 8)],
+                         ids=["one line", "the same line for every view"])
+def test_a_prompt_shared_by_all_views_is_clip_text_encodes_one_row_conditioning(comfy, graph, sd2, cameras, text):
+    (ours,) = graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text=text)
+    with torch.inference_mode():
+        (host,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "a cosy kitchen")
+    assert ours[0][0].shape[0] == 1
+    assert_same_conditioning(ours, host)
 
 
 def test_one_line_per_view_is_encoded_in_view_order(comfy, graph, sd2, cameras):
