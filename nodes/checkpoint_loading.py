@@ -235,23 +235,30 @@ def _embedding_directory():
 
 
 def load_mvdiffusion_checkpoint(path):
-    """Everything in an official pano.ckpt / pano_outpaint.ckpt, read once.
+    """Everything in an official pano.ckpt / pano_outpaint.ckpt (or its ``--whole`` .safetensors).
 
-    Returns ``(model, clip, vae, caa_state_dict, info)``: the host's ModelPatcher, CLIP and VAE, the CAA
-    weights under CAASet names (for ``nodes.caa_weights.CAAWeights``) and ``info`` (the CAA info of
-    :func:`caa.checkpoint.load_caa_state_dict` plus ``unet``/``vae``/``clip`` key reports).
+    The file is read part by part (the CAA blocks, then the UNet, the VAE and the text encoder, each read on its
+    own and released once ComfyUI holds it), so loading a 5 GB checkpoint never holds more of the file than
+    the part being loaded. Returns ``(model, clip, vae, caa_state_dict, info)``: the host's ModelPatcher, CLIP
+    and VAE, the CAA weights under CAASet names (for ``nodes.caa_weights.CAAWeights``) and ``info`` (the CAA
+    info of :func:`caa.checkpoint.load_caa_state_dict` plus ``unet``/``vae``/``clip`` key reports).
     """
-    ckpt = ckpt_io.read_checkpoint(path)
+    ckpt = ckpt_io.read_checkpoint(path, select=ckpt_io.is_caa_key)
     layout = ckpt_io.classify(ckpt.state_dict, ckpt.metadata)
     ckpt_io.check_whole_model(path, layout, ckpt.state_dict)
     caa_sd, info = ckpt_io.caa_state_dict_from(ckpt, layout)
-    parts = ckpt_io.split_official(ckpt.state_dict)
     name = ckpt.path.name
-    model, unet_report = load_unet_part(parts["unet"], f"{path} (UNet)")
+    del ckpt
+
+    def part(which: str) -> dict:
+        prefix = ckpt_io.PARTS[which]
+        return ckpt_io.split_official(ckpt_io.read_checkpoint(path, select=lambda k: k.startswith(prefix)).state_dict)[which]
+
+    model, unet_report = load_unet_part(part("unet"), f"{path} (UNet)")
     if unet_report["in_channels"] != layout.spec.unet_in:  # pragma: no cover - classify() already guarantees it
         raise checkpoint_error(path, f"UNet with {unet_report['in_channels']} input channels for a {layout.kind} model")
-    vae, vae_report = load_vae_part(parts["vae"], f"{path} (VAE)")
-    clip, clip_report = load_clip_part(parts["text_encoder"], f"{path} (text encoder)", _embedding_directory())
+    vae, vae_report = load_vae_part(part("vae"), f"{path} (VAE)")
+    clip, clip_report = load_clip_part(part("text_encoder"), f"{path} (text encoder)", _embedding_directory())
     info.update(unet=unet_report, vae=vae_report, clip=clip_report, parts=list(layout.parts))
     log.info("MVDiffusion: loaded %s (%s): UNet %s %s, CAA %d blocks (%s, %s)", name, layout.kind,
              unet_report["model_config"], unet_report["model_type"], info["num_blocks"],

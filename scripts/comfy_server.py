@@ -55,7 +55,7 @@ class ComfyServer:
 
     def __init__(self, base: Path, root: Path | None = None, port: int | None = None,
                  output: Path | None = None, python: str = sys.executable, extra_args: tuple = (),
-                 log: Path | None = None):
+                 log: Path | None = None, env: dict | None = None):
         self.root = root or host_root(install=False)
         if self.root is None:
             raise RuntimeError("no ComfyUI host: run `make test` (or scripts/bootstrap.sh) or set COMFYUI_PATH")
@@ -66,6 +66,7 @@ class ComfyServer:
         self.python = python
         self.extra_args = tuple(extra_args)
         self.log_path = Path(log) if log else self.base / "server.log"
+        self.env = dict(env or {})  # added to this process's environment
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300.0) -> "ComfyServer":
@@ -73,7 +74,7 @@ class ComfyServer:
                "--disable-auto-launch", "--base-directory", str(self.base), "--output-directory", str(self.output),
                "--disable-api-nodes", "--database-url", "sqlite:///:memory:", *self.extra_args]
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -12,8 +12,8 @@ Nothing here imports ComfyUI; ``nodes/checkpoint_loading.py`` builds the host's 
 ``split_official`` cuts out of an official checkpoint. This module re-exports the public names.
 """
 from .caa_file import (FORMAT, FORMAT_VERSION, FREQ_SUFFIX, WHOLE_FORMAT, caa_state_dict_from, check_caa_state_dict,
-                       check_freq_bands, load_caa, load_caa_state_dict, save_caa_file, save_whole_file)
-from .layouts import (CAA, CAA_KINDS, DEPTH, DEPTH_SINGLE_VIEW, DIFFUSERS_UNET, KINDS, LAYOUTS, PANO, PANO_OUTPAINT,
+                       check_freq_bands, is_caa_key, load_caa, load_caa_state_dict, save_caa_file, save_whole_file)
+from .layouts import (CAA, CAA_KINDS, PARTS, DEPTH, DEPTH_SINGLE_VIEW, DIFFUSERS_UNET, KINDS, LAYOUTS, PANO, PANO_OUTPAINT,
                       SINGLE_VIEW, STABLE_DIFFUSION, UNKNOWN, Layout, LayoutSpec, check_whole_model, classify,
                       describe_widths, refusal_error, split_official, unet_widths)
 from .reading import OFFICIAL_HINT, CheckpointError, CheckpointFile, checkpoint_error, read_checkpoint
@@ -21,10 +21,10 @@ from .writing import atomic_write, write_safetensors
 
 __all__ = [
     "CheckpointError", "CheckpointFile", "checkpoint_error", "read_checkpoint", "OFFICIAL_HINT",
-    "Layout", "LayoutSpec", "LAYOUTS", "KINDS", "CAA_KINDS", "PANO", "PANO_OUTPAINT", "DEPTH", "DEPTH_SINGLE_VIEW",
+    "Layout", "LayoutSpec", "LAYOUTS", "PARTS", "KINDS", "CAA_KINDS", "PANO", "PANO_OUTPAINT", "DEPTH", "DEPTH_SINGLE_VIEW",
     "SINGLE_VIEW", "CAA", "STABLE_DIFFUSION", "DIFFUSERS_UNET", "UNKNOWN", "classify", "split_official",
     "unet_widths", "describe_widths", "refusal_error", "check_whole_model",
     "FORMAT", "FORMAT_VERSION", "WHOLE_FORMAT", "FREQ_SUFFIX", "check_freq_bands", "check_caa_state_dict",
-    "caa_state_dict_from", "load_caa_state_dict", "load_caa", "save_caa_file", "save_whole_file",
+    "caa_state_dict_from", "load_caa_state_dict", "is_caa_key", "load_caa", "save_caa_file", "save_whole_file",
     "atomic_write", "write_safetensors",
 ]

@@ -33,7 +33,7 @@ from .reading import OFFICIAL_HINT, CheckpointFile, checkpoint_error, read_check
 from .writing import write_safetensors
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "WHOLE_FORMAT", "FREQ_SUFFIX", "check_freq_bands", "check_caa_state_dict",
-           "caa_state_dict_from", "load_caa_state_dict", "load_caa", "save_caa_file", "save_whole_file"]
+           "caa_state_dict_from", "load_caa_state_dict", "is_caa_key", "load_caa", "save_caa_file", "save_whole_file"]
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,12 @@ def load_caa_state_dict(path) -> tuple[dict, dict]:
     freq_bands are new float32 tensors) and ``info`` = kind, layout, format, file, source, widths, num_blocks,
     parameters, dtype (of the weights as stored), freq_bands ("exact"/"rounding"/"repaired"), file_size.
     """
-    ckpt = read_checkpoint(path)
-    return caa_state_dict_from(ckpt)
+    return caa_state_dict_from(read_checkpoint(path, select=is_caa_key))
+
+
+def is_caa_key(name: str) -> bool:
+    """A tensor of the CAA blocks (any prefix)."""
+    return "cp_blocks_" in name
 
 
 def load_caa(path, operations=torch.nn, device=None, dtype=None) -> tuple[CAASet, dict]:

@@ -117,13 +117,28 @@ def _load_error(path: Path, e: BaseException, kind: str) -> CheckpointError:
     return checkpoint_error(path, f"not a readable PyTorch checkpoint ({detail})", f"Expected {OFFICIAL_HINT}")
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _meta(shape, dtype) -> torch.Tensor:
+    return torch.empty(tuple(shape), dtype=dtype, device="meta")
+
+
+def _read_safetensors(path: Path, select) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            sd = {}
+            for k in f.keys():
+                if select(k):
+                    sd[k] = f.get_tensor(k)
+                else:  # shape and dtype from the header, nothing read
+                    part = f.get_slice(k)
+                    sd[k] = _meta(part.get_shape(), _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise checkpoint_error(path, f"not a valid .safetensors file, or truncated ({message})",
@@ -131,8 +146,12 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return sd, metadata
 
 
-def read_checkpoint(path) -> CheckpointFile:
-    """Read a checkpoint safely (see the module docstring); raises :class:`CheckpointError`."""
+def read_checkpoint(path, select=None) -> CheckpointFile:
+    """Read a checkpoint safely (see the module docstring); raises :class:`CheckpointError`.
+
+    ``select(name) -> bool``: which tensors to read; the others come as ``meta`` tensors (their shape and dtype
+    only), so loading a model part by part never holds more of a 5 GB file than that part (default: all)."""
+    select = select or (lambda name: True)
     path = Path(path)
     if not path.exists():
         raise checkpoint_error(path, "no such file", "Check the name and the folder (models/mvdiffusion)")
@@ -144,7 +163,7 @@ def read_checkpoint(path) -> CheckpointFile:
         raise checkpoint_error(path, "the file is empty (0 bytes)", "Download it again")
     kind = _sniff(path, size)
     if kind == "safetensors":
-        sd, metadata = _read_safetensors(path)
+        sd, metadata = _read_safetensors(path, select)
         return CheckpointFile(path, "safetensors", sd, metadata, {}, size)
     if kind == "truncated safetensors":
         raise checkpoint_error(path, "the .safetensors header is longer than the file (truncated)", "Download it again")
@@ -178,7 +197,8 @@ def read_checkpoint(path) -> CheckpointFile:
     else:
         raise checkpoint_error(path, f"holds a {type(obj).__name__}, not a state dict or a Lightning checkpoint",
                     f"Expected {OFFICIAL_HINT}")
-    tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    tensors = {k: (v if select(k) else _meta(v.shape, v.dtype)) for k, v in sd.items()
+               if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         sample = ", ".join(repr(k) for k in list(sd)[:5])
         raise checkpoint_error(path, f"holds no tensors (top-level entries: {sample or 'none'})", f"Expected {OFFICIAL_HINT}")

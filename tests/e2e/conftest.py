@@ -14,9 +14,9 @@ import random_weights  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
 
 
-def start_server(base: Path, root: Path, extra_args: tuple = ()) -> ComfyServer:
+def start_server(base: Path, root: Path, extra_args: tuple = (), env: dict | None = None) -> ComfyServer:
     """A started server; a server that does not start fails the test with the host's own log."""
-    server = ComfyServer(base, root=root, extra_args=extra_args)
+    server = ComfyServer(base, root=root, extra_args=extra_args, env=env)
     try:
         server.start()
     except Exception as e:  # noqa: BLE001 - report the host's own log
@@ -26,7 +26,7 @@ def start_server(base: Path, root: Path, extra_args: tuple = ()) -> ComfyServer:
 
 @pytest.fixture(scope="session")
 def server_starter():
-    """``server_starter(base, root, extra_args=())``: :func:`start_server`, for tests that need a server of their own."""
+    """``server_starter(base, root, extra_args=(), env=None)``: :func:`start_server`, for tests that need a server of their own."""
     return start_server
 
 
