@@ -1,8 +1,10 @@
 """Convert the CAA weights of an official MVDiffusion checkpoint to this pack's small .safetensors file.
 
-    python -m comfyui_mvdiffusion.caa.convert pano.ckpt [-o out.safetensors] [--dtype fp16|bf16|fp32] [--force]
-    python -m comfyui_mvdiffusion.caa.convert --whole pano.ckpt      (everything, as pano.safetensors)
+    python custom_nodes/comfyui-mvdiffusion/scripts/convert.py pano.ckpt [-o out.safetensors] [--dtype fp16|bf16|fp32]
+                                                                           [--force]
+    python custom_nodes/comfyui-mvdiffusion/scripts/convert.py --whole pano.ckpt   (everything, as pano.safetensors)
     mvdiffusion-convert pano.ckpt ...          (the same, when the pack is installed with pip)
+    python -m comfyui_mvdiffusion.caa.convert pano.ckpt ...       (likewise)
 
 The result holds only the 9 correspondence-aware attention blocks (about 295 MB in fp16 for pano.ckpt,
 instead of 5 GB): pair it with ComfyUI's own SD2 checkpoint ('Load Checkpoint') and 'Load CAA Weights'.
@@ -89,9 +91,9 @@ def convert(src, dst=None, dtype: str | torch.dtype | None = None, force: bool =
                             info["freq_bands"], whole)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "mvdiffusion-convert") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m comfyui_mvdiffusion.caa.convert",
+        prog=prog,
         description="Extract the correspondence-aware attention (CAA) weights of an official MVDiffusion "
                     "checkpoint (pano.ckpt, pano_outpaint.ckpt) into a small .safetensors file for "
                     "'Load CAA Weights', or (--whole) store the whole checkpoint as .safetensors for "

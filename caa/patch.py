@@ -194,9 +194,10 @@ class MultiViewPatch:
             for cond in cond_list or []:
                 if not isinstance(cond, dict):
                     continue
-                if cond.get("area") is not None:
+                if cond.get("area") is not None or cond.get("set_area_to_bounds"):
                     raise MultiViewError(f"area conditioning ({name}) crops the latent and would cut the views apart; "
-                                         "remove ConditioningSetArea (per-view prompts: use 'Panorama Prompts')")
+                                         "remove ConditioningSetArea, or set ConditioningSetMask's set_cond_area to "
+                                         "'default' (per-view prompts: use 'Panorama Prompts')")
                 self.check_rows(name, cond.get("cross_attn"), latent_shape[0])
         if model_options.get("context_handler") is not None:
             raise MultiViewError("context windows split the batch of views; remove the context-windows node from "

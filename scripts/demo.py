@@ -31,6 +31,10 @@ OFFICIAL = "https://github.com/Tangshitao/MVDiffusion#model-zoo"
 PANO_DROPBOX = "https://www.dropbox.com/scl/fi/yx9e0lj4fwtm9xh2wlhhg/pano.ckpt?rlkey=kowqygw7vt64r3maijk8klfl0&dl=0"
 
 
+# the converter, as run from this repository (the demo's models/ folder is here)
+CONVERT_COMMAND = ".venv/bin/python scripts/convert.py models/mvdiffusion/pano.ckpt"
+
+
 def missing_weights_message() -> str:
     return (f"No MVDiffusion weights: {MODELS / 'mvdiffusion' / 'pano.ckpt'} does not exist.\n\n"
             "Download the official panorama model (about 5 GB; it contains SD2-base, its text encoder and VAE,\n"
@@ -42,7 +46,7 @@ def missing_weights_message() -> str:
             "    512-base-ema.safetensors from https://huggingface.co/stabilityai/stable-diffusion-2-base\n"
             f"    -> {MODELS / 'checkpoints' / '512-base-ema.safetensors'}\n"
             "plus the CAA weights converted from pano.ckpt:\n"
-            "    python -m comfyui_mvdiffusion.caa.convert models/mvdiffusion/pano.ckpt\n\n"
+            f"    {CONVERT_COMMAND}\n\n"
             "To check that the whole graph runs without any real weights: DEMO_RANDOM_WEIGHTS=1 make demo")
 
 

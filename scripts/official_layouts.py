@@ -9,8 +9,6 @@ tests/caa/test_checkpoint_layout.py checks them against the layouts measured fro
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -311,19 +309,9 @@ def save_lightning_checkpoint(path: Path, state_dict: dict, kind: str = "pano", 
     checkpoint = {k: extra[k] for k in ("epoch", "global_step", "pytorch-lightning_version")}
     checkpoint["state_dict"] = state_dict
     checkpoint.update({k: v for k, v in extra.items() if k not in checkpoint})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from random_weights import atomic_write
+
+    return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def official_checkpoint(out_dir: Path, kind: str = "pano", seed: int = 0, model_channels: int = 320) -> Path:

@@ -19,7 +19,6 @@ Needs ComfyUI importable with the CPU forced (see :func:`import_host`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_host  # noqa: E402
+
+
+def atomic_write(path, write):
+    """The pack's atomic writer (``caa.checkpoint.writing.atomic_write``): ``write(tmp)``, then renamed."""
+    from importlib import import_module
+
+    return import_module(f"{comfy_host.import_pack().__name__}.caa.checkpoint").atomic_write(path, write)
 
 VERSION = 1
 
@@ -112,13 +118,14 @@ def sd2_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     init_parameters(vae_model, seed + 3)
     vae = comfy.sd.VAE(sd=vae_model.state_dict())
 
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    comfy.sd.save_checkpoint(str(tmp), patcher, clip, vae)
-    sd = comfy.utils.load_torch_file(str(tmp), safe_load=True)
-    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
-    comfy.utils.save_torch_file(sd, str(tmp))
-    os.replace(tmp, path)
-    return path
+    def write(tmp: str) -> None:
+        from safetensors.torch import load_file
+
+        comfy.sd.save_checkpoint(tmp, patcher, clip, vae)
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(tmp).items()}
+        comfy.utils.save_torch_file(sd, tmp)
+
+    return atomic_write(path, write)
 
 
 def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale: float = 1.0) -> Path:
@@ -136,10 +143,8 @@ def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale:
     checkpoint = import_module(f"{pack.__name__}.caa.checkpoint")
     caa = blockset.CAASet(widths["encoder"], widths["mid"], widths["decoder"])
     init_parameters(caa, seed, gain=0.5 * scale)
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    checkpoint.save_caa_file(caa.state_dict(), tmp, source="random (tests)", model_kind="pano", dtype=torch.float16)
-    os.replace(tmp, path)
-    return path
+    return checkpoint.save_caa_file(caa.state_dict(), path, source="random (tests)", model_kind="pano",
+                                    dtype=torch.float16)  # written atomically
 
 
 def _save_once(path: Path, state_dict: dict) -> Path:
@@ -147,11 +152,8 @@ def _save_once(path: Path, state_dict: dict) -> Path:
     ``path``, so an interrupted build never leaves a truncated file in the cache."""
     import comfy.utils
 
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    comfy.utils.save_torch_file({k: (v.half() if v.is_floating_point() else v).contiguous()
-                                 for k, v in state_dict.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: comfy.utils.save_torch_file(
+        {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}, tmp))
 
 
 def controlnet(out_dir: Path, seed: int = 0) -> Path:

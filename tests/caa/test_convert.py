@@ -125,23 +125,86 @@ def test_the_output_must_be_safetensors(tmp_path, capsys):
     assert ".safetensors" in capsys.readouterr().err
 
 
-def test_python_dash_m_runs_the_converter_when_the_pack_is_importable(tmp_path):
-    src, sd = small_official(tmp_path)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "comfyui_mvdiffusion").symlink_to(ROOT, target_is_directory=True)  # as pip installs it
-    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH",)}
-    env["PYTHONPATH"] = str(site)
-    cmd = [sys.executable, "-m", "comfyui_mvdiffusion.caa.convert", str(src), "--dtype", "fp32"]
-    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+def readme_commands(prefix: str) -> list[str]:
+    """The lines of the README's code blocks that start with ``prefix`` (trailing ``# comments`` removed)."""
+    lines, inside = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside and line.startswith(prefix):
+            lines.append(line.split("  #")[0].strip())
+    return lines
+
+
+def run_shell(command: str, cwd: Path, python: str = "python") -> subprocess.CompletedProcess:
+    """``command`` as a user types it, with ``python`` meaning this interpreter (the one that runs ComfyUI)."""
+    assert command.startswith(python + " "), command
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_PATH")}
+    return subprocess.run(sys.executable + command[len(python):], shell=True, cwd=cwd, env=env,
+                          capture_output=True, text=True)
+
+
+def check_converted(out: Path, sd: dict) -> None:
+    loaded, info = ck.load_caa_state_dict(out)
+    assert info["format"] == ck.FORMAT
+    assert all(torch.equal(loaded[k], v if k.endswith("freq_bands") else v.half()) for k, v in caa_of(sd).items())
+
+
+def test_the_converter_command_the_readme_prints_works_from_a_plain_clone_in_comfyui(tmp_path):
+    """In a ComfyUI folder whose custom_nodes/comfyui-mvdiffusion is a plain clone (no pip install)."""
+    commands = readme_commands("python custom_nodes/comfyui-mvdiffusion/scripts/convert.py")
+    assert commands, "the README shows no converter command"
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "custom_nodes" / "comfyui-mvdiffusion").symlink_to(ROOT, target_is_directory=True)
+    (comfyui / "models" / "mvdiffusion").mkdir(parents=True)
+    src, sd = small_official(comfyui / "models" / "mvdiffusion")
+    for command in commands:
+        run = run_shell(command, comfyui)
+        assert run.returncode == 0, (command, run.stderr)
+    check_converted(comfyui / "models" / "mvdiffusion" / "pano.caa.safetensors", sd)
+
+
+def test_the_converter_command_the_demo_prints_works_in_this_repository(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo
+
+    command = demo.CONVERT_COMMAND
+    assert command in demo.missing_weights_message()
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    for name in ("__init__.py", "caa", "geometry", "scripts", "nodes"):
+        (repo / name).symlink_to(ROOT / name)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (repo / "models" / "mvdiffusion").mkdir(parents=True)
+    src, sd = small_official(repo / "models" / "mvdiffusion")
+    run = run_shell(command, repo, python=".venv/bin/python")
     assert run.returncode == 0, run.stderr
-    out = tmp_path / "pano.caa.safetensors"
-    assert str(out) in run.stdout
-    loaded, _ = ck.load_caa_state_dict(out)
-    assert all(torch.equal(loaded[k], v) for k, v in caa_of(sd).items())
-    help_run = subprocess.run([sys.executable, "-m", "comfyui_mvdiffusion.caa.convert", "--help"], cwd=tmp_path,
-                              env=env, capture_output=True, text=True)
-    assert help_run.returncode == 0 and "--dtype" in help_run.stdout and "--force" in help_run.stdout
+    check_converted(repo / "models" / "mvdiffusion" / "pano.caa.safetensors", sd)
+
+
+def test_pip_installing_the_pack_gives_the_mvdiffusion_convert_command(tmp_path):
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info next to pyproject.toml
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "__init__.py", "caa", "geometry", "nodes"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (ROOT / name).is_dir() else {}))
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              "--disable-pip-version-check", "--target", str(site), str(source)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert install.returncode == 0, install.stderr
+    src, sd = small_official(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    run = subprocess.run([str(site / "bin" / "mvdiffusion-convert"), str(src)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout
+    check_converted(tmp_path / "pano.caa.safetensors", sd)
 
 
 def test_whole_keeps_every_tensor_and_dtype_and_classifies_like_the_ckpt(tmp_path, capsys):
