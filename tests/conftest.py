@@ -86,3 +86,25 @@ def cache_dir() -> Path:
     path = random_weights.models_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def fp16_weights(comfy):
+    """``with fp16_weights(): ...``: the in-process host as if started with ``--fp16-unet --fp16-text-enc`` (its
+    own options: weights stored in fp16, computed in float32 on the CPU), so the full-size 5 GB models take
+    half the memory."""
+    import contextlib
+
+    import comfy.cli_args
+
+    @contextlib.contextmanager
+    def options():
+        args = comfy.cli_args.args
+        saved = args.fp16_unet, args.fp16_text_enc
+        args.fp16_unet = args.fp16_text_enc = True
+        try:
+            yield
+        finally:
+            args.fp16_unet, args.fp16_text_enc = saved
+
+    return options

@@ -61,15 +61,17 @@ def loading(comfy):
 
 
 @pytest.fixture(scope="module")
-def official(comfy, loading, cache_dir):
-    """The full-size random pano.ckpt, loaded once; ComfyUI's own log records captured at DEBUG level."""
+def official(comfy, loading, cache_dir, fp16_weights):
+    """The full-size random pano.ckpt, loaded once (weights stored in fp16: the host's --fp16-unet
+    --fp16-text-enc); ComfyUI's own log records captured at DEBUG level."""
     path = layouts.official_checkpoint(cache_dir, "pano")
     handler, root = _Records(), logging.getLogger()
     level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        model, clip, vae, caa_sd, info = loading.load_mvdiffusion_checkpoint(path)
+        with fp16_weights():
+            model, clip, vae, caa_sd, info = loading.load_mvdiffusion_checkpoint(path)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
