@@ -56,7 +56,7 @@ def overlap_fraction(K: torch.Tensor, R: torch.Tensor, height: int, width: int, 
     Measured on a ``samples x samples`` grid of view i's pixels: a pixel counts when its ray has positive
     depth in view j and projects inside view j's image.
     """
-    m = check_cameras(K, R)
+    check_cameras(K, R)
     K64, R64 = K.double(), R.double()
     xs = torch.linspace(0, width - 1, samples, dtype=torch.float64)
     ys = torch.linspace(0, height - 1, samples, dtype=torch.float64)

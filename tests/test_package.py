@@ -40,7 +40,7 @@ def test_geometry_and_caa_import_without_comfyui_on_the_path():
 def test_only_nodes_and_the_root_touch_comfyui():
     offenders = []
     for sub in ("geometry", "caa"):
-        for path in (ROOT / sub).glob("*.py"):
+        for path in (ROOT / sub).rglob("*.py"):
             for line in path.read_text().splitlines():
                 stripped = line.strip()
                 if stripped.startswith(("import ", "from ")) and any(
@@ -48,3 +48,26 @@ def test_only_nodes_and_the_root_touch_comfyui():
                         for name in ("comfy", "folder_paths", "comfy_api", "nodes")):
                     offenders.append(f"{path.relative_to(ROOT)}: {stripped}")
     assert not offenders, offenders
+
+
+def test_the_registry_icon_is_a_file_of_this_repository():
+    import tomllib
+
+    comfy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
+    path = comfy["Icon"].split("/main/", 1)[1]
+    from PIL import Image
+
+    with Image.open(ROOT / path) as icon:
+        assert icon.size[0] == icon.size[1] >= 256
+
+
+def test_no_python_file_of_the_repository_is_over_400_lines():
+    long = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT).parts
+        if parts[0].startswith(".") or "__pycache__" in parts:
+            continue
+        lines = len(path.read_text().splitlines())
+        if lines > 400:
+            long[str(path.relative_to(ROOT))] = lines
+    assert not long, long

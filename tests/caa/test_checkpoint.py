@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pathlib
-import re
 import sys
 from pathlib import Path
 
@@ -22,43 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import official_layouts as layouts  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_files import SMALL_WIDTHS, assert_names_file, caa_part, official_subset, write_official  # noqa: E402
 import random_weights  # noqa: E402
 
 from comfyui_mvdiffusion.caa import checkpoint as ck  # noqa: E402
 from comfyui_mvdiffusion.caa.blockset import CAASet, SD2_WIDTHS  # noqa: E402
 from comfyui_mvdiffusion.caa.positional_encoding import frequency_bands  # noqa: E402
-
-SMALL = 64
-SMALL_WIDTHS = {"encoder": [64, 128, 256, 256], "mid": 256, "decoder": [256, 256, 128, 64]}
-FEW = {"text_encoder.text_model.embeddings.position_ids", "text_encoder.text_model.embeddings.token_embedding.weight",
-       "text_encoder.text_model.final_layer_norm.weight", "vae.encoder.conv_in.weight", "vae.post_quant_conv.weight",
-       "vae.decoder.up_blocks.0.resnets.0.norm1.weight"}
-_UNET_SHAPE_KEYS = re.compile(r"^mv_base_model\.unet\.(conv_in\.weight|.*resnets\.\d+\.conv2\.weight)$")
-
-
-def official_subset(kind: str = "pano", model_channels: int = SMALL, seed: int = 0) -> dict:
-    """The official layout of ``kind`` restricted to CAA/condition blocks, UNet shape keys and a few others."""
-    def select(name):
-        return (name.startswith(("mv_base_model.cp_blocks_", "mv_base_model.condition_")) or name in FEW
-                or bool(_UNET_SHAPE_KEYS.match(name)))
-    return layouts.official_state_dict(kind, seed, select, model_channels)
-
-
-def write_official(path: Path, kind: str = "pano", sd: dict | None = None, **kw) -> Path:
-    return layouts.save_lightning_checkpoint(path, sd if sd is not None else official_subset(kind, **kw), kind)
-
-
-def caa_part(sd: dict) -> dict:
-    return {k[len("mv_base_model."):]: v for k, v in sd.items() if k.startswith("mv_base_model.cp_blocks_")}
-
-
-def assert_names_file(excinfo, path: Path, *fragments: str):
-    text = str(excinfo.value)
-    assert str(path) in text, text
-    for fragment in fragments:
-        assert fragment.lower() in text.lower(), text
-
 
 # ---------------------------------------------------------------------------------------------------------
 # loading official checkpoints
@@ -197,12 +164,9 @@ def test_saving_is_atomic_and_leaves_no_temporary_file(tmp_path):
     assert target.stat().st_mode & 0o044  # readable like any file the user writes, not mkstemp's 0600
 
 
-def test_random_test_weights_of_the_other_builders_load(tmp_path):
-    """scripts/random_weights.caa_weights calls save_caa_file(state_dict, tmp, source=..., model_kind=..., dtype=...)."""
-    caa = CAASet(**{"encoder_widths": [64, 64], "mid_width": 128, "decoder_widths": [64, 64]})
-    random_weights.init_parameters(caa, 0)
-    path = ck.save_caa_file(caa.state_dict(), tmp_path / "t.safetensors", source="random (tests)",
-                            model_kind="pano", dtype=torch.float16)
+def test_the_random_test_weights_builder_writes_loadable_caa_files(tmp_path):
+    widths = {"encoder": [64, 64], "mid": 128, "decoder": [64, 64]}
+    path = random_weights.caa_weights(tmp_path, widths=widths)
     loaded, info = ck.load_caa(path, dtype=torch.float32)
     assert loaded.widths == {"encoder": [64, 64], "mid": 128, "decoder": [64, 64]} and info["source"] == "random (tests)"
 
@@ -274,175 +238,3 @@ def test_freq_bands_that_are_not_the_positional_encoding_are_refused(tmp_path):
     assert_names_file(e, path, "cp_blocks_encoder.1.pe.freq_bands", "not MVDiffusion's positional-encoding")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# bad input: every error names the file and what is wrong
-# ---------------------------------------------------------------------------------------------------------
-class TouchOnLoad:
-    """Unpickling this runs ``pathlib.Path.touch(marker)``: the marker proves whether code ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return pathlib.Path.touch, (self.marker,)
-
-
-class SystemOnLoad:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-@pytest.mark.parametrize("payload", [TouchOnLoad, SystemOnLoad])
-@pytest.mark.parametrize("zip_format", [True, False])
-def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, payload, zip_format):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.ckpt"
-    obj = {"state_dict": caa_part(official_subset("pano")), "hyper_parameters": payload(marker)}
-    with open(path, "wb") as f:
-        torch.save(obj, f, _use_new_zipfile_serialization=zip_format)
-    for load in (ck.load_caa_state_dict, ck.load_caa, ck.read_checkpoint):
-        with pytest.raises(ck.CheckpointError) as e:
-            load(path)
-        assert_names_file(e, path, "refused to unpickle", "run code")
-        assert re.search(r"unsupported global (getattr|posix\.system|os\.system|pathlib)", str(e.value)), str(e.value)
-    assert not marker.exists()
-
-
-def test_a_truncated_checkpoint_is_reported_as_truncated(tmp_path):
-    full = write_official(tmp_path / "full.ckpt")
-    data = full.read_bytes()
-    path = tmp_path / "half.ckpt"
-    path.write_bytes(data[:len(data) // 2])
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "truncated", "download it again")
-
-
-def test_a_truncated_safetensors_file_is_reported(tmp_path):
-    path = ck.save_caa_file(caa_part(official_subset("pano")), tmp_path / "c.safetensors", source="x",
-                            model_kind="pano")
-    data = path.read_bytes()
-    cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(data[:len(data) // 2])
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(cut)
-    assert_names_file(e, cut, "safetensors")
-
-
-@pytest.mark.parametrize("content, fragments", [
-    (b'{"model": "pano", "note": "a JSON file renamed .ckpt"}', ("not a checkpoint", "JSON")),
-    (b"<!DOCTYPE html><html><body>Dropbox</body></html>", ("not a checkpoint", "HTML")),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 5069332884\n", ("Git LFS pointer",)),
-    (b"", ("empty",)),
-    (b"\x00\x01garbage" * 10, ("not a readable PyTorch checkpoint",)),
-])
-def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path, content, fragments):
-    path = tmp_path / "pano.ckpt"
-    path.write_bytes(content)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, *fragments)
-
-
-def test_a_missing_file_is_reported(tmp_path):
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(tmp_path / "nope.ckpt")
-    assert_names_file(e, tmp_path / "nope.ckpt", "no such file")
-
-
-def test_a_pickle_of_something_else_than_a_state_dict_is_refused(tmp_path):
-    path = tmp_path / "list.pt"
-    torch.save([torch.zeros(2)], path)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "holds a list")
-
-
-def test_a_plain_stable_diffusion_checkpoint_has_no_caa_keys(tmp_path):
-    path = tmp_path / "sd2.ckpt"
-    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
-                               "model.diffusion_model.input_blocks.0.0.bias": torch.zeros(320),
-                               "first_stage_model.decoder.conv_in.weight": torch.zeros(8, 4, 3, 3),
-                               "cond_stage_model.model.ln_final.weight": torch.ones(8)}}, path)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "no CAA keys", "plain Stable Diffusion checkpoint", "Load Checkpoint",
-                      "Load CAA Weights")
-
-
-def test_a_diffusers_unet_has_no_caa_keys(tmp_path):
-    path = tmp_path / "diffusion_pytorch_model.safetensors"
-    unet = {k[len("mv_base_model.unet."):]: v for k, v in official_subset("pano").items()
-            if k.startswith("mv_base_model.unet.")}
-    save_file(unet, path)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "no CAA keys", "diffusers UNet")
-
-
-def test_the_depth_layout_is_refused_by_the_panorama_loader(tmp_path):
-    path = write_official(tmp_path / "depth_gen.ckpt", "depth")
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "depth", "CPBlock", "not the panorama CAA blocks")
-
-
-def test_the_single_view_depth_model_has_no_caa_keys(tmp_path):
-    path = write_official(tmp_path / "depth_single_view.ckpt", "depth_single_view")
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "no CAA keys", "single-view depth model")
-
-
-def test_a_block_of_the_wrong_width_is_refused(tmp_path):
-    sd = official_subset("pano")
-    wrong = layouts.official_state_dict("pano", select=lambda k: k.startswith("mv_base_model.cp_blocks_encoder.0."),
-                                   model_channels=SMALL)  # a 64-wide block ...
-    for k, v in wrong.items():  # ... put where the 128-wide encoder block 1 belongs
-        sd[k.replace("cp_blocks_encoder.0.", "cp_blocks_encoder.1.")] = v
-    path = write_official(tmp_path / "wrong_width.ckpt", sd=sd)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "do not match the UNet's levels", "encoder [64, 64, 256, 256]",
-                      "encoder [64, 128, 256, 256]")
-
-
-def test_an_inconsistent_tensor_shape_inside_a_block_is_refused(tmp_path):
-    sd = official_subset("pano")
-    sd["mv_base_model.cp_blocks_decoder.2.transformer.ff.net.2.weight"] = torch.zeros(128, 256)
-    path = write_official(tmp_path / "inconsistent.ckpt", sd=sd)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "cp_blocks_decoder.2.transformer.ff.net.2.weight has shape (128, 256), "
-                               "expected (128, 512)")
-
-
-def test_a_missing_or_extra_block_tensor_is_refused(tmp_path):
-    sd = official_subset("pano")
-    del sd["mv_base_model.cp_blocks_mid.transformer.norm2.bias"]
-    sd["mv_base_model.cp_blocks_mid.transformer.attn2.to_q.weight"] = torch.zeros(256, 256)
-    path = write_official(tmp_path / "incomplete.ckpt", sd=sd)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "1 missing", "cp_blocks_mid.transformer.norm2.bias", "1 unexpected",
-                      "cp_blocks_mid.transformer.attn2.to_q.weight")
-
-
-def test_a_missing_level_is_refused(tmp_path):
-    sd = {k: v for k, v in official_subset("pano").items() if not k.startswith("mv_base_model.cp_blocks_mid.")}
-    path = write_official(tmp_path / "no_mid.ckpt", sd=sd)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "incomplete CAA weights")
-
-
-def test_weights_with_nan_are_refused(tmp_path):
-    sd = official_subset("pano")
-    sd["mv_base_model.cp_blocks_encoder.0.transformer.attn1.to_v.weight"][0, 0] = float("nan")
-    path = write_official(tmp_path / "nan.ckpt", sd=sd)
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "cp_blocks_encoder.0.transformer.attn1.to_v.weight contains NaN")
