@@ -30,9 +30,14 @@ def server_starter():
     return start_server
 
 
+# the host's own options to store the weights in fp16 (computed in float32 on the CPU): the 5 GB official-layout
+# model takes half the memory, and the workflows run through ComfyUI's fp16-weight path
+HALF_WEIGHTS = ("--fp16-unet", "--fp16-text-enc")
+
+
 @pytest.fixture(scope="session")
 def comfy_server(comfy_root, tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root)
+    server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root, extra_args=HALF_WEIGHTS)
     yield server
     server.stop()
 
