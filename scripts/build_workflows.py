@@ -77,7 +77,8 @@ def text_to_panorama_sd2(info: dict) -> dict:
                  height=2048, blend="feather")
     g.add("SaveImage", (1620, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/panorama_sd2")
     g.note((40, 620), "SD2-base (512-base-ema.safetensors) in models/checkpoints/, and the CAA weights converted from "
-                      "pano.ckpt (python -m comfyui_mvdiffusion.caa.convert pano.ckpt) in models/mvdiffusion/. "
+                      "pano.ckpt (python custom_nodes/comfyui-mvdiffusion/scripts/convert.py models/mvdiffusion/pano.ckpt, "
+                      "from the ComfyUI folder) in models/mvdiffusion/. "
                       "Apply MVDiffusion patches the model, so LoRAs and ControlNets on it keep working and any "
                       "sampler samples the 8 views together.", size=(330, 200))
     return g.to_ui()
