@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the two README commands need, on a fresh machine, idempotently:
 #   a virtual environment ($VENV, default .venv), torch (pinned: served from local disk), the ComfyUI host (see
-#   scripts/comfy_host.py) and its CPU requirements; for `test`, pytest, a headless Chromium and the newest
-#   ComfyUI frontend from PyPI (the frontend tests open the workflows in it too).
+#   scripts/comfy_host.py) and its CPU requirements; for `test`, pytest, a headless Chromium, the newest
+#   ComfyUI frontend from PyPI (the frontend tests open the workflows in it too) and the random test models.
 # One virtual environment serves one host at a time: use another VENV for another COMFYUI_PATH, e.g.
 #   VENV=.venv-newest COMFYUI_PATH=/path/to/ComfyUI make test
 # Usage: scripts/bootstrap.sh test|demo
@@ -48,5 +48,9 @@ if [ "$mode" = test ]; then
     $sudo_ apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
   fi
+  # the random test models, built once into the cache before the tests start (the 5 GB official-layout
+  # checkpoint needs about 5.5 GB while it is written: better not on top of a running test session)
+  echo "[bootstrap] random test models:"
+  "$py" scripts/random_weights.py pano sd2 caa controlnet lora | sed 's/^/  /'
 fi
 echo "[bootstrap] ready"

@@ -185,6 +185,19 @@ def import_host(root: Path | None = None, base_directory: Path | None = None, cp
     return root
 
 
+def link_model(base: Path, src: Path, folder: str, name: str | None = None) -> str:
+    """Link a model file into ``<base>/models/<folder>`` of a ComfyUI base directory (copied where links are
+    not possible); returns the name ComfyUI's loaders list it under."""
+    dst = Path(base) / "models" / folder / (name or Path(src).name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        try:
+            dst.symlink_to(src)
+        except OSError:
+            shutil.copy(src, dst)
+    return dst.name
+
+
 def make_base_directory(base: Path, models: Path | None = None) -> Path:
     """A ComfyUI ``--base-directory`` whose ``custom_nodes/`` links to this pack.
 

@@ -202,17 +202,25 @@ def lora(out_dir: Path, seed: int = 0, rank: int = 4, gain: float = 0.1) -> Path
     return _save_once(path, state)
 
 
-BUILDERS = {"sd2": sd2_checkpoint, "caa": caa_weights, "controlnet": controlnet, "lora": lora}
+def official_pano(out_dir: Path, seed: int = 0) -> Path:
+    """The full-size random checkpoint in the official pano.ckpt layout (``official_layouts``; 5 GB)."""
+    import official_layouts
+
+    return official_layouts.official_checkpoint(out_dir, "pano", seed)
+
+
+BUILDERS = {"pano": official_pano, "sd2": sd2_checkpoint, "caa": caa_weights, "controlnet": controlnet, "lora": lora}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=sorted(BUILDERS))
+    parser.add_argument("what", nargs="+", choices=sorted(BUILDERS), help="the models to build (each once)")
     parser.add_argument("--out", type=Path, default=models_dir())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(BUILDERS[args.what](args.out, seed=args.seed))
+    for what in args.what:
+        print(BUILDERS[what](args.out, seed=args.seed), flush=True)
     return 0
 
 

@@ -1,7 +1,6 @@
 """A real ComfyUI server (main.py, 127.0.0.1, free port) with this pack installed, for the whole session."""
 from __future__ import annotations
 
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import comfy_host  # noqa: E402
 import official_layouts  # noqa: E402
 import random_weights  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
@@ -44,14 +44,7 @@ def comfy_server(comfy_root, tmp_path_factory):
 
 def install_model(server, src: Path, folder: str, name: str | None = None) -> str:
     """Link a model file into the server's models/<folder>; returns the name the loaders list."""
-    dst = server.base / "models" / folder / (name or src.name)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.exists():
-        try:
-            dst.symlink_to(src)
-        except OSError:
-            shutil.copy(src, dst)
-    return dst.name
+    return comfy_host.link_model(server.base, src, folder, name)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 ``graph``: small functions that run nodes the way the executor does."""
 from __future__ import annotations
 
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import comfy_host  # noqa: E402
 import random_weights  # noqa: E402
 
 SIZE = 64  # view size in pixels: latents of 8x8, UNet levels 8, 4, 2, 1
@@ -25,15 +25,7 @@ def _run(comfy, node_id: str, **inputs):
 
 def install_model(comfy, src: Path, folder: str, name: str | None = None) -> str:
     """Link a model file into the in-process host's models/<folder>; returns its name there."""
-    name = name or src.name
-    dst = Path(comfy.folder_paths.get_folder_paths(folder)[0]) / name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.exists():
-        try:
-            dst.symlink_to(src)
-        except OSError:
-            shutil.copy(src, dst)
-    return name
+    return comfy_host.link_model(comfy.base, src, folder, name)
 
 
 @pytest.fixture(scope="session")
