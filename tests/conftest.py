@@ -108,3 +108,19 @@ def fp16_weights(comfy):
             args.fp16_unet, args.fp16_text_enc = saved
 
     return options
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_memory_between_modules():
+    """After each test module: collect garbage and hand the C allocator's free memory back to the system
+    (glibc keeps freed blocks of its arenas otherwise), so that one module's models do not stay in the
+    process's memory for the next ones."""
+    yield
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
