@@ -156,7 +156,8 @@ class CorrespondenceAttention(nn.Module):
         samples = sample_keys(x, plan)  # (b, m, K, C, h, w)
         pe = self.pe(plan.displacement.to(x.device))  # (m, K, h, w, C) float32
         kv = samples.permute(0, 1, 4, 5, 2, 3) + pe.permute(0, 2, 3, 1, 4).to(x.dtype)[None]  # (b, m, h, w, K, C)
-        kv = kv * plan.valid.to(x.device).permute(0, 2, 3, 1)[None, ..., None].to(x.dtype)
+        del samples, pe  # the keys are the largest tensors here: one copy at a time
+        kv.mul_(plan.valid.to(x.device).permute(0, 2, 3, 1)[None, ..., None].to(x.dtype))
         query = x.reshape(b, m, C, h, w).permute(0, 1, 3, 4, 2).reshape(-1, 1, C)
         out = self.transformer(query, kv.reshape(-1, K, C), self.query_pe().to(x.dtype))
         return like(x, out.reshape(b, m, h, w, C).permute(0, 1, 4, 2, 3).reshape(b * m, C, h, w))

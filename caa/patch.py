@@ -64,11 +64,12 @@ def reference_peak_bytes(rows: int, views: int, keys: int, channels: int, height
     (groups of ``views`` views, ``keys`` keys per query pixel).
 
     It materialises the keys of every query pixel, E = rows K C h w numbers, several times at once: the
-    samples, the keys with their encodings, the masked keys, their LayerNorm, the key and value projections
-    and the attention's working copies (measured on the CPU: 7.3 to 7.9 E besides the encodings; counted as
-    8 E); plus the float32 encodings (views K h w C) and a few tensors of the queries' size (rows C h w)."""
+    samples and the keys with their encodings (briefly together), then the masked keys, their LayerNorm, the
+    key and value projections and the attention's working copies (measured on the CPU: 4.8 to 5.1 E besides
+    the encodings; counted as 6 E); plus the float32 encodings (views K h w C) and a few tensors of the
+    queries' size (rows C h w)."""
     e = rows * keys * channels * height * width
-    return 8 * e * element_size + 4 * (e * views // rows) + 4 * (e // keys) * element_size
+    return 6 * e * element_size + 4 * (e * views // rows) + 4 * (e // keys) * element_size
 
 
 class MultiViewPatch:

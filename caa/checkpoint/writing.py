@@ -8,8 +8,10 @@ the order of their offsets. Files written here are read by ``safetensors.safe_op
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -18,7 +20,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["atomic_write", "write_safetensors"]
+__all__ = ["atomic_write", "check_free_space", "write_safetensors"]
 
 _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -43,6 +45,17 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_free_space(path, size: int) -> None:
+    """Raise OSError (ENOSPC) naming the folder when the file system holding ``path`` has less than ``size``
+    bytes free, before anything is written (a full disk would otherwise fail gigabytes into the file)."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        raise OSError(errno.ENOSPC, f"not enough free space in {folder} for {Path(path).name}: it needs "
+                      f"{size / 1e9:.2f} GB, {free / 1e9:.2f} GB are free; free some space or write it elsewhere")
 
 
 def _raw_bytes(tensor: torch.Tensor):
@@ -72,6 +85,7 @@ def write_safetensors(tensors: dict, path, metadata: dict | None = None, cast=No
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
+    check_free_space(path, 8 + len(text) + offset)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

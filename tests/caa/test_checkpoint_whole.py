@@ -51,5 +51,6 @@ def test_the_whole_safetensors_conversion_loads_the_same_model_clip_vae_and_caa(
     with fp16_weights():
         from_ckpt, _ = loaded_digests(comfy, ckpt)
         from_whole, info = loaded_digests(comfy, out)
+    out.unlink()  # 5 GB
     assert info["format"] == ck.WHOLE_FORMAT and info["kind"] == "pano"
     assert len(from_ckpt) > 1000 and from_whole == from_ckpt

@@ -249,3 +249,17 @@ def test_whole_refuses_what_is_not_a_complete_panorama_checkpoint_and_writes_not
     err = capsys.readouterr().err
     assert str(depth) in err and "depth" in err
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".ckpt", ".ckpt"]
+
+
+def test_a_disk_too_full_for_the_output_is_reported_before_writing_and_leaves_nothing(tmp_path, capsys,
+                                                                                      monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    src, _ = small_official(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 1000, 1000))
+    assert convert.main([str(src)]) == 1
+    err = capsys.readouterr().err
+    assert "not enough free space in" in err and str(tmp_path) in err and "0.00 GB are free" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.ckpt"]
