@@ -4,11 +4,14 @@ from comfy_api.latest import ComfyExtension, io
 from .cameras import EmptyPanoramaLatent, PanoramaCameras
 from .equirect import EquirectangularStitch, EquirectangularToViews
 from .loaders import LoadCAAWeights, LoadMVDiffusionCheckpoint
+from .outpaint import OutpaintConditioning, PartialPanorama, PasteKnownPixels, PlacePhoto
+from .png_prompt import PromptFromImage
 from .prompts import PanoramaPrompts
 from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
 
 NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, EmptyPanoramaLatent, PanoramaPrompts,
-         ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews]
+         ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews,
+         PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage]
 
 
 class MVDiffusionExtension(ComfyExtension):

@@ -1,6 +1,7 @@
 """Equirectangular nodes: stitch the views into a 360° panorama, and cut views out of one."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ..geometry.equirect import BLENDS, equirect_to_views, views_to_equirect
@@ -24,12 +25,17 @@ class EquirectangularStitch(io.ComfyNode):
                 io.Combo.Input("blend", options=list(BLENDS), default="ramp",
                                tooltip="ramp: the official horizontal weight ramp; feather: seam-free blending "
                                        "that fades towards every view edge."),
+                io.Image.Input("known_panorama", optional=True,
+                               tooltip="A partial panorama whose known pixels are kept exactly (completion), at "
+                                       "the output's size."),
+                io.Mask.Input("known_mask", optional=True,
+                              tooltip="With known_panorama: 1 = missing (generated), 0 = known (kept)."),
             ],
             outputs=[io.Image.Output(display_name="panorama"), io.Mask.Output(display_name="coverage")],
         )
 
     @classmethod
-    def execute(cls, images, cameras, width, height, blend) -> io.NodeOutput:
+    def execute(cls, images, cameras, width, height, blend, known_panorama=None, known_mask=None) -> io.NodeOutput:
         m = cameras.num_views
         if images.shape[0] % m:
             raise ValueError(f"Equirectangular Stitch: got {images.shape[0]} images, not a multiple of the {m} "
@@ -39,7 +45,27 @@ class EquirectangularStitch(io.ComfyNode):
         views = images.reshape(s, m, h, w, c).permute(0, 1, 4, 2, 3).float()
         pano, coverage = views_to_equirect(views, K.to(views.device), cameras.R.to(views.device), height, width,
                                            blend=blend)
-        return io.NodeOutput(pano.permute(0, 2, 3, 1).clamp(0, 1).to(images.dtype), coverage[:, 0].float())
+        pano = pano.permute(0, 2, 3, 1).clamp(0, 1).to(images.dtype)
+        if known_panorama is not None or known_mask is not None:
+            pano = keep_known(pano, known_panorama, known_mask)
+        return io.NodeOutput(pano, coverage[:, 0].float())
+
+
+def keep_known(pano, known, mask):
+    """The stitched panoramas (B, H, W, C) with the known pixels (mask 0) of ``known`` put back exactly."""
+    node = "Equirectangular Stitch"
+    if known is None or mask is None:
+        raise ValueError(f"{node}: connect both known_panorama and known_mask, or neither")
+    mask = mask[None] if mask.ndim == 2 else mask
+    if tuple(known.shape[1:3]) != tuple(pano.shape[1:3]) or tuple(mask.shape[-2:]) != tuple(pano.shape[1:3]):
+        raise ValueError(f"{node}: the known panorama is {known.shape[2]}x{known.shape[1]} and its mask "
+                         f"{mask.shape[-1]}x{mask.shape[-2]}, but the stitch is {pano.shape[2]}x{pano.shape[1]}: "
+                         "set width and height to the known panorama's size")
+    if known.shape[0] not in (1, pano.shape[0]) or mask.shape[0] not in (1, pano.shape[0]):
+        raise ValueError(f"{node}: {known.shape[0]} known panoramas and {mask.shape[0]} masks for "
+                         f"{pano.shape[0]} stitched panoramas")
+    keep = (mask.to(pano.device) < 0.5)[..., None]
+    return torch.where(keep, known[..., :pano.shape[-1]].to(pano), pano)
 
 
 class EquirectangularToViews(io.ComfyNode):

@@ -10,9 +10,42 @@ from ..caa.patch import MultiViewError, patch_model
 from .io_types import CATEGORY, CAA, Cameras
 
 
+# the UNet input channels each kind of CAA weights was trained with
+UNET_INPUTS = {"pano": (4, "an SD2-base model (512-base-ema, or pano.ckpt through Load MVDiffusion Checkpoint)"),
+               "pano_outpaint": (9, "an SD2-inpainting model (512-inpainting-ema, or pano_outpaint.ckpt through "
+                                    "Load MVDiffusion Checkpoint)")}
+
+
+MODEL_TOOLTIP = ("An SD2 model: SD2-base for pano CAA weights, SD2-inpainting (9 input channels) for pano_outpaint "
+                 "CAA weights.")
+
+
+def unet_in_channels(model) -> int | None:
+    """The input channels of the MODEL's UNet (4 SD2-base, 9 SD2-inpainting), or None when unknown."""
+    config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
+    channels = config.get("in_channels", getattr(model.get_model_object("diffusion_model"), "in_channels", None))
+    return None if channels is None else int(channels)
+
+
+def check_model_kind(model, caa) -> None:
+    """Refuse CAA weights trained for another kind of UNet (pano CAA on an inpainting UNet, outpaint CAA on
+    SD2-base): they would run but their attention was trained on other features."""
+    kind = caa.info.get("kind", "pano")
+    if kind not in UNET_INPUTS:
+        return
+    want, which = UNET_INPUTS[kind]
+    have = unet_in_channels(model)
+    if have is not None and have != want:
+        what = {4: "a 4-channel (SD2-base) UNet", 9: "a 9-channel (inpainting) UNet"}.get(have,
+                                                                                          f"a {have}-channel UNet")
+        raise ValueError(f"the CAA weights are {kind} weights ({caa.info.get('source', '?')}), made for "
+                         f"{want}-channel UNets, but the MODEL is {what}: connect {which}")
+
+
 def apply_mvdiffusion(node: str, model, caa, cameras):
     """A patched clone of ``model`` (the input MODEL is left untouched); errors name ``node``."""
     try:
+        check_model_kind(model, caa)
         # newer hosts: the patcher's estimate also counts memory a dynamic-VRAM allocator can reclaim
         free_memory = getattr(model, "get_free_memory", None) or comfy.model_management.get_free_memory
         return patch_model(model, caa.caa, cameras, weights=caa.patcher, free_memory=free_memory)
@@ -35,7 +68,7 @@ class ApplyMVDiffusion(io.ComfyNode):
                         "all camera views of a scene together. The latent batch must hold the views in camera "
                         "order (a multiple of the number of views).",
             inputs=[
-                io.Model.Input("model", tooltip="An SD2 model (SD2-base for pano.ckpt's CAA weights)."),
+                io.Model.Input("model", tooltip=MODEL_TOOLTIP),
                 CAA.Input("caa", tooltip="From Load MVDiffusion Checkpoint or Load CAA Weights."),
                 Cameras.Input("cameras", tooltip="From Panorama Cameras: the views the latent batch holds."),
             ],
@@ -57,7 +90,7 @@ class MVDiffusionKSampler(io.ComfyNode):
             description="Samples all camera views of each scene together with correspondence-aware attention "
                         "(defaults: the official DDIM, 50 steps, guidance 9).",
             inputs=[
-                io.Model.Input("model", tooltip="An SD2 model (SD2-base for pano.ckpt)."),
+                io.Model.Input("model", tooltip=MODEL_TOOLTIP),
                 CAA.Input("caa", tooltip="From Load MVDiffusion Checkpoint or Load CAA Weights."),
                 Cameras.Input("cameras", tooltip="From Panorama Cameras."),
                 io.Conditioning.Input("positive", tooltip="One prompt for all views, or one per view "

@@ -84,7 +84,38 @@ def text_to_panorama_sd2(info: dict) -> dict:
     return g.to_ui()
 
 
-BUILDERS = {"text_to_panorama.json": text_to_panorama, "text_to_panorama_sd2.json": text_to_panorama_sd2}
+def image_to_panorama(info: dict) -> dict:
+    """Official pano_outpaint checkpoint + a photo -> Place Photo -> Outpaint Conditioning -> 8 views -> stitch."""
+    g = UIGraph(info)
+    ckpt = g.add("MVDiffusionCheckpointLoader", (40, 60), ckpt_name="pano_outpaint.ckpt")
+    cams = g.add("MVDiffusionPanoramaCameras", (40, 240), views=8, fov=90.0, pitch=0.0, width=512, height=512,
+                 yaw_offset=0.0)
+    photo = g.add("LoadImage", (40, 480), size=(300, 340), image="photo.png")
+    placed = g.add("MVDiffusionPlacePhoto", (380, 480), cameras=cams.out(0), photo=photo.out(0),
+                   placement="official", fov=90.0, yaw=0.0, pitch=0.0)
+    pos = g.add("MVDiffusionPanoramaPrompts", (380, 40), size=(420, 180), title="Prompt (one line, or one per view)",
+                clip=ckpt.out(1), cameras=cams.out(0), text=KITCHEN)
+    neg = g.add("CLIPTextEncode", (380, 260), size=(400, 110), title="Negative prompt", clip=ckpt.out(1), text="")
+    cond = g.add("MVDiffusionOutpaintConditioning", (840, 300), positive=pos.out(0), negative=neg.out(0),
+                 vae=ckpt.out(2), cameras=cams.out(0), views=placed.out(0), mask=placed.out(1), guide=False)
+    sampled = g.add("MVDiffusionKSampler", (1180, 60), size=(320, 400), model=ckpt.out(0), caa=ckpt.out(3),
+                    cameras=cams.out(0), positive=cond.out(0), negative=cond.out(1), latent_image=cond.out(2),
+                    seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
+    views = g.add("VAEDecode", (1540, 60), samples=sampled.out(0), vae=ckpt.out(2))
+    pano = g.add("MVDiffusionEquirectStitch", (1540, 180), images=views.out(0), cameras=cams.out(0), width=4096,
+                 height=2048, blend="ramp")
+    g.add("SaveImage", (1880, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/outpaint_panorama")
+    g.add("SaveImage", (1880, 420), size=(520, 320), images=views.out(0), filename_prefix="mvdiffusion/outpaint_view")
+    g.note((840, 560), "Put pano_outpaint.ckpt (MVDiffusion release) into models/mvdiffusion/ and pick a photo. "
+                       "official: the photo becomes view 0 (short side resized, centre crop), as the official "
+                       "demo does; reproject: it is projected with its own field of view at any yaw and pitch. "
+                       "The model regenerates the photo's view (official); add Paste Known Pixels after VAE "
+                       "Decode to keep the photo's pixels, or switch 'guide' on.", size=(330, 220))
+    return g.to_ui()
+
+
+BUILDERS = {"text_to_panorama.json": text_to_panorama, "text_to_panorama_sd2.json": text_to_panorama_sd2,
+            "image_to_panorama.json": image_to_panorama}
 
 
 def build_all(object_info: dict, out_dir: Path = WORKFLOWS) -> list[Path]:

@@ -179,6 +179,13 @@ class ComfyServer:
             raise PromptFailed(execution_error(entry) or json.dumps(entry["status"])[:4000])
         return entry
 
+    def free_models(self, settle: float = 2.0) -> None:
+        """Ask the server to drop its loaded models and cached outputs (the frontend's "Unload models" /
+        "Free model and node cache": POST /free). The prompt worker acts on it as soon as it is idle; ``settle``
+        seconds give it that time before the next prompt is queued."""
+        self.post("/free", {"unload_models": True, "free_memory": True})
+        time.sleep(settle)
+
     def interrupt(self) -> None:
         self.post("/interrupt", None)
 

@@ -1,13 +1,16 @@
-"""The main job: a headless ComfyUI with this pack runs ``workflows/text_to_panorama.json`` through its HTTP API
-and writes the equirectangular panorama (and the 8 views) to ``output/``.
+"""The main job: a headless ComfyUI with this pack runs ``workflows/text_to_panorama.json`` (or
+``DEMO_WORKFLOW=image_to_panorama``) through its HTTP API and writes the equirectangular panorama (and the 8
+views) to ``output/``.
 
-Real weights: put the official ``pano.ckpt`` into ``models/mvdiffusion/`` (this repository's ``models/``
-folder; see the README for the download page). Without real weights, ``DEMO_RANDOM_WEIGHTS=1`` synthesises
-a random checkpoint in the official layout and runs the same graph at 64-px views with 2 steps, to prove the
-whole graph runs.
+Real weights: put the official ``pano.ckpt`` (``pano_outpaint.ckpt`` for image_to_panorama) into
+``models/mvdiffusion/`` (this repository's ``models/`` folder; see the README for the download page). The photo
+of image_to_panorama is ``DEMO_PHOTO`` (a path), by default a view cut from the street panorama in
+``tests/fixtures/panoramas/``. Without real weights, ``DEMO_RANDOM_WEIGHTS=1`` synthesises a random checkpoint
+in the official layout and runs the same graph at 64-px views with 2 steps, to prove the whole graph runs.
 
-    make demo                          # real weights
-    DEMO_RANDOM_WEIGHTS=1 make demo    # random weights, small
+    make demo                                                    # real weights
+    DEMO_RANDOM_WEIGHTS=1 make demo                              # random weights, small
+    DEMO_WORKFLOW=image_to_panorama DEMO_RANDOM_WEIGHTS=1 make demo
 """
 from __future__ import annotations
 
@@ -26,66 +29,110 @@ from workflow_api import set_inputs, ui_to_api  # noqa: E402
 REPO = comfy_host.REPO
 MODELS = REPO / "models"
 OUTPUT = REPO / "output"
-WORKFLOW = REPO / "workflows" / "text_to_panorama.json"
+WORKFLOWS = REPO / "workflows"
+# workflow -> (the official checkpoint it loads, its kind in official_layouts)
+CHECKPOINTS = {"text_to_panorama": ("pano.ckpt", "pano"), "image_to_panorama": ("pano_outpaint.ckpt", "pano_outpaint")}
+STREET = REPO / "tests" / "fixtures" / "panoramas" / "street_2048x1024.jpg"
 OFFICIAL = "https://github.com/Tangshitao/MVDiffusion#model-zoo"
 PANO_DROPBOX = "https://www.dropbox.com/scl/fi/yx9e0lj4fwtm9xh2wlhhg/pano.ckpt?rlkey=kowqygw7vt64r3maijk8klfl0&dl=0"
+OUTPAINT_DROPBOX = ("https://www.dropbox.com/scl/fi/3mtj06qx6mxt4eme1oz2r/pano_outpaint.ckpt"
+                    "?rlkey=xat6cwt47lzfjawum05xa5ftq&dl=0")
 
 
 # the converter, as run from this repository (the demo's models/ folder is here)
 CONVERT_COMMAND = ".venv/bin/python scripts/convert.py models/mvdiffusion/pano.ckpt"
 
 
-def missing_weights_message() -> str:
-    return (f"No MVDiffusion weights: {MODELS / 'mvdiffusion' / 'pano.ckpt'} does not exist.\n\n"
-            "Download the official panorama model (about 5 GB; it contains SD2-base, its text encoder and VAE,\n"
+def missing_weights_message(name: str = "pano.ckpt") -> str:
+    what = {"pano.ckpt": ("panorama model", PANO_DROPBOX),
+            "pano_outpaint.ckpt": ("panorama outpainting model", OUTPAINT_DROPBOX)}[name]
+    return (f"No MVDiffusion weights: {MODELS / 'mvdiffusion' / name} does not exist.\n\n"
+            f"Download the official {what[0]} (about 5 GB; it contains the SD2 model, its text encoder and VAE,\n"
             "and the correspondence-aware attention):\n"
-            f"    pano.ckpt  from {PANO_DROPBOX}\n"
+            f"    {name}  from {what[1]}\n"
             f"    (listed at {OFFICIAL})\n"
-            f"and put it at {MODELS / 'mvdiffusion' / 'pano.ckpt'}.\n\n"
+            f"and put it at {MODELS / 'mvdiffusion' / name}.\n\n"
             "The SD2 workflow (workflows/text_to_panorama_sd2.json) instead uses the host's SD2-base checkpoint:\n"
             "    512-base-ema.safetensors from https://huggingface.co/stabilityai/stable-diffusion-2-base\n"
             f"    -> {MODELS / 'checkpoints' / '512-base-ema.safetensors'}\n"
             "plus the CAA weights converted from pano.ckpt:\n"
             f"    {CONVERT_COMMAND}\n\n"
-            "To check that the whole graph runs without any real weights: DEMO_RANDOM_WEIGHTS=1 make demo")
+            "To check that the whole graph runs without any real weights: "
+            + ("" if name == "pano.ckpt" else "DEMO_WORKFLOW=image_to_panorama ") + "DEMO_RANDOM_WEIGHTS=1 make demo")
 
 
-def prepare_random_models(base_models: Path) -> None:
-    """Random official-layout pano.ckpt in a models folder of the demo's own (never in ./models)."""
+def prepare_random_models(base_models: Path, name: str = "pano.ckpt", kind: str = "pano") -> None:
+    """A random checkpoint in an official layout (``kind``) as ``name`` in a models folder of the demo's own
+    (never in ./models)."""
     import official_layouts
     import random_weights
 
-    print("[demo] DEMO_RANDOM_WEIGHTS=1: synthesising a random checkpoint in the official pano.ckpt layout "
+    print(f"[demo] DEMO_RANDOM_WEIGHTS=1: synthesising a random checkpoint in the official {name} layout "
           "(about 5 GB, once; cached)", flush=True)
-    ckpt = official_layouts.official_checkpoint(random_weights.models_dir(), kind="pano")
-    target = base_models / "mvdiffusion" / "pano.ckpt"
+    ckpt = official_layouts.official_checkpoint(random_weights.models_dir(), kind=kind)
+    target = base_models / "mvdiffusion" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or target.exists():
         target.unlink()
     target.symlink_to(ckpt)
 
 
+def prepare_photo(base: Path, source: str | None) -> None:
+    """``base/input/photo.png`` (the name image_to_panorama.json loads): ``source``, or else the street
+    panorama's view at yaw 0 (512 px, 90°)."""
+    from PIL import Image
+
+    target = base / "input" / "photo.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source:
+        if not Path(source).is_file():
+            raise SystemExit(f"[demo] DEMO_PHOTO={source}: no such file")
+        Image.open(source).convert("RGB").save(target)
+        return
+    import numpy as np
+    import torch
+
+    pack = comfy_host.import_pack()
+    from importlib import import_module
+
+    geometry = import_module(f"{pack.__name__}.geometry")
+    pano = torch.from_numpy(np.asarray(Image.open(STREET).convert("RGB"), dtype=np.float32) / 255)
+    K, R = geometry.intrinsics(90.0, 512, 512)[None], geometry.rotation(0.0)[None]
+    view = geometry.equirect_to_views(pano.permute(2, 0, 1)[None], K, R, 512, 512)[0, 0]
+    Image.fromarray((view.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(target)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workflow", type=Path, default=WORKFLOW, help="UI-format workflow to run")
+    default = WORKFLOWS / (os.environ.get("DEMO_WORKFLOW", "").strip() or "text_to_panorama")
+    parser.add_argument("--workflow", type=Path, default=default.with_suffix(".json"),
+                        help="UI-format workflow to run (default: $DEMO_WORKFLOW in workflows/, else "
+                             "text_to_panorama)")
     parser.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the result")
     args = parser.parse_args(argv)
     random_weights_mode = os.environ.get("DEMO_RANDOM_WEIGHTS", "") == "1"
+    if not args.workflow.is_file():
+        names = ", ".join(sorted(p.stem for p in WORKFLOWS.glob("*.json")))
+        print(f"[demo] no workflow {args.workflow} (DEMO_WORKFLOW is one of: {names})", file=sys.stderr)
+        return 2
+    ckpt_name, kind = CHECKPOINTS.get(args.workflow.stem, (None, None))
     OUTPUT.mkdir(exist_ok=True)
 
     if random_weights_mode:
         base = comfy_host.cache_dir() / "demo-random"
         (base / "models").mkdir(parents=True, exist_ok=True)
-        prepare_random_models(base / "models")
+        prepare_random_models(base / "models", ckpt_name or "pano.ckpt", kind or "pano")
         models = None
     else:
         for sub in ("checkpoints", "mvdiffusion"):
             (MODELS / sub).mkdir(parents=True, exist_ok=True)
-        if args.workflow == WORKFLOW and not (MODELS / "mvdiffusion" / "pano.ckpt").exists():
-            print(missing_weights_message(), file=sys.stderr)
+        if ckpt_name and not (MODELS / "mvdiffusion" / ckpt_name).exists():
+            print(missing_weights_message(ckpt_name), file=sys.stderr)
             return 2
         base = comfy_host.cache_dir() / "demo-base"
         models = MODELS
+    if args.workflow.stem == "image_to_panorama":
+        prepare_photo(base, os.environ.get("DEMO_PHOTO"))
 
     workflow = json.loads(args.workflow.read_text())
     if models is not None:

@@ -83,9 +83,11 @@ def test_unet_widths() -> dict:
     return {"encoder": widths, "mid": widths[-1], "decoder": widths[::-1]}
 
 
-def sd2_checkpoint(out_dir: Path, seed: int = 0) -> Path:
-    """Build (once) and return the path of the random SD2 test checkpoint."""
-    path = Path(out_dir) / f"mvd_test_sd2_v{VERSION}_s{seed}.safetensors"
+def sd2_checkpoint(out_dir: Path, seed: int = 0, in_channels: int = 4) -> Path:
+    """Build (once) and return the path of the random SD2 test checkpoint (``in_channels=9``: the
+    SD2-inpainting variant, which ComfyUI detects as an inpainting model)."""
+    suffix = "" if in_channels == 4 else f"_in{in_channels}"
+    path = Path(out_dir) / f"mvd_test_sd2_v{VERSION}_s{seed}{suffix}.safetensors"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ def sd2_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     import comfy.utils
 
     cpu = torch.device("cpu")
-    config = comfy.supported_models.SD20(test_unet_config())
+    config = comfy.supported_models.SD20(test_unet_config(in_channels))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     init_parameters(model.diffusion_model, seed)
@@ -128,11 +130,14 @@ def sd2_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     return atomic_write(path, write)
 
 
-def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale: float = 1.0) -> Path:
-    """Build (once) random CAA weights for the test UNet (or given widths) in this pack's format."""
+def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale: float = 1.0,
+                model_kind: str = "pano") -> Path:
+    """Build (once) random CAA weights for the test UNet (or given widths) in this pack's format, labelled
+    ``model_kind`` ("pano", or "pano_outpaint" for the inpainting UNet)."""
     widths = widths or test_unet_widths()
     tag = "-".join(map(str, widths["encoder"])) + f"_{widths['mid']}_" + "-".join(map(str, widths["decoder"]))
-    path = Path(out_dir) / f"mvd_test_caa_v{VERSION}_{tag}_s{seed}_x{scale:g}.safetensors"
+    kind = "" if model_kind == "pano" else f"_{model_kind}"
+    path = Path(out_dir) / f"mvd_test_caa_v{VERSION}_{tag}_s{seed}_x{scale:g}{kind}.safetensors"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +148,7 @@ def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale:
     checkpoint = import_module(f"{pack.__name__}.caa.checkpoint")
     caa = blockset.CAASet(widths["encoder"], widths["mid"], widths["decoder"])
     init_parameters(caa, seed, gain=0.5 * scale)
-    return checkpoint.save_caa_file(caa.state_dict(), path, source="random (tests)", model_kind="pano",
+    return checkpoint.save_caa_file(caa.state_dict(), path, source="random (tests)", model_kind=model_kind,
                                     dtype=torch.float16)  # written atomically
 
 
@@ -209,7 +214,26 @@ def official_pano(out_dir: Path, seed: int = 0) -> Path:
     return official_layouts.official_checkpoint(out_dir, "pano", seed)
 
 
-BUILDERS = {"pano": official_pano, "sd2": sd2_checkpoint, "caa": caa_weights, "controlnet": controlnet, "lora": lora}
+def official_pano_outpaint(out_dir: Path, seed: int = 0) -> Path:
+    """The full-size random checkpoint in the official pano_outpaint.ckpt layout (9-channel UNet; 5 GB)."""
+    import official_layouts
+
+    return official_layouts.official_checkpoint(out_dir, "pano_outpaint", seed)
+
+
+def sd2_inpainting(out_dir: Path, seed: int = 0) -> Path:
+    """The random SD2-inpainting test checkpoint (9-channel test UNet, host format)."""
+    return sd2_checkpoint(out_dir, seed, in_channels=9)
+
+
+def caa_outpaint(out_dir: Path, seed: int = 0) -> Path:
+    """Random CAA weights for the test UNet labelled as pano_outpaint weights."""
+    return caa_weights(out_dir, seed, model_kind="pano_outpaint")
+
+
+BUILDERS = {"pano": official_pano, "pano_outpaint": official_pano_outpaint, "sd2": sd2_checkpoint,
+            "sd2_inpainting": sd2_inpainting, "caa": caa_weights, "caa_outpaint": caa_outpaint,
+            "controlnet": controlnet, "lora": lora}
 
 
 def main(argv=None) -> int:

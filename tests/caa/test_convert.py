@@ -22,14 +22,14 @@ EXTRA = ("mv_base_model.unet.conv_in.weight", "mv_base_model.unet.conv_out.weigh
          "text_encoder.text_model.embeddings.position_ids")
 
 
-def small_official(tmp_path: Path, name: str = "pano.ckpt") -> tuple[Path, dict]:
+def small_official(tmp_path: Path, name: str = "pano.ckpt", kind: str = "pano") -> tuple[Path, dict]:
     """A pano checkpoint in the official layout: all CAA blocks (64-px-channel UNet widths), the UNet level
     shapes, and some UNet/VAE/text-encoder tensors that the conversion must leave out."""
     def select(k):
         return (k.startswith("mv_base_model.cp_blocks_") or k in EXTRA
                 or (k.startswith("mv_base_model.unet.") and k.endswith("conv2.weight") and ".resnets." in k))
-    sd = layouts.official_state_dict("pano", select=select, model_channels=64)
-    return layouts.save_lightning_checkpoint(tmp_path / name, sd, "pano"), sd
+    sd = layouts.official_state_dict(kind, select=select, model_channels=64)
+    return layouts.save_lightning_checkpoint(tmp_path / name, sd, kind), sd
 
 
 def caa_of(sd: dict) -> dict:
@@ -263,3 +263,13 @@ def test_a_disk_too_full_for_the_output_is_reported_before_writing_and_leaves_no
     err = capsys.readouterr().err
     assert "not enough free space in" in err and str(tmp_path) in err and "0.00 GB are free" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.ckpt"]
+
+
+def test_the_outpainting_checkpoints_caa_weights_convert_and_load_as_outpaint_weights(tmp_path, capsys):
+    src, sd = small_official(tmp_path, "pano_outpaint.ckpt", kind="pano_outpaint")
+    assert convert.main([str(src)]) == 0
+    out = tmp_path / "pano_outpaint.caa.safetensors"
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["model_kind"] == "pano_outpaint" and set(f.keys()) == set(caa_of(sd))
+    loaded, info = ck.load_caa_state_dict(out)
+    assert info["kind"] == "pano_outpaint" and set(loaded) == set(caa_of(sd))

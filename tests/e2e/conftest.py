@@ -35,11 +35,25 @@ def server_starter():
 HALF_WEIGHTS = ("--fp16-unet", "--fp16-text-enc")
 
 
+_SESSION_SERVERS: list = []
+
+
 @pytest.fixture(scope="session")
 def comfy_server(comfy_root, tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root, extra_args=HALF_WEIGHTS)
+    _SESSION_SERVERS.append(server)
     yield server
+    _SESSION_SERVERS.remove(server)
     server.stop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def free_the_session_servers_models():
+    """After each e2e module the session server drops its models and cached outputs (POST /free), so the
+    gigabytes of a finished workflow are not held while later tests run."""
+    yield
+    for server in _SESSION_SERVERS:
+        server.free_models(settle=0.0)
 
 
 def install_model(server, src: Path, folder: str, name: str | None = None) -> str:
@@ -51,13 +65,17 @@ def install_model(server, src: Path, folder: str, name: str | None = None) -> st
 def workflow_models(cache_dir):
     """Installers of the random test models that the example workflows load, under the names they use:
     ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
-    memory), ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
+    memory), ``pano_outpaint(server)`` the same for ``pano_outpaint.ckpt``, ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
     def pano(server) -> str:
         return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
                              "pano.ckpt")
+
+    def pano_outpaint(server) -> str:
+        return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano_outpaint"), "mvdiffusion",
+                             "pano_outpaint.ckpt")
 
     def sd2(server) -> None:
         install_model(server, random_weights.sd2_checkpoint(cache_dir), "checkpoints", "512-base-ema.safetensors")
         install_model(server, random_weights.caa_weights(cache_dir), "mvdiffusion", "pano.caa.safetensors")
 
-    return types.SimpleNamespace(pano=pano, sd2=sd2)
+    return types.SimpleNamespace(pano=pano, pano_outpaint=pano_outpaint, sd2=sd2)

@@ -90,3 +90,34 @@ def test_views_whose_tokens_were_repeated_sample_as_if_their_prompt_was_encoded_
 def test_a_wrong_number_of_lines_is_refused_naming_the_node(graph, sd2, cameras):
     with pytest.raises(ValueError, match=r"Panorama Prompts: 3 prompt lines for 8 camera views"):
         graph.run("MVDiffusionPanoramaPrompts", clip=sd2.clip, cameras=cameras, text="a\nb\nc")
+
+
+def test_prompt_from_image_reads_a1111_parameters_and_comfyuis_embedded_prompt(comfy, graph):
+    import json
+    from pathlib import Path
+
+    from PIL import Image, PngImagePlugin
+
+    import folder_paths
+
+    def png(name: str, **chunks) -> str:
+        meta = PngImagePlugin.PngInfo()
+        for key, value in chunks.items():
+            meta.add_text(key, value)
+        Image.new("RGB", (8, 8)).save(Path(folder_paths.get_input_directory()) / name, pnginfo=meta)
+        return name
+
+    a1111 = png("a1111.png", parameters="a red barn in a field,\nat dusk\nNegative prompt: blurry, text\n"
+                                        "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1")
+    assert graph.run("MVDiffusionPromptFromImage", image=a1111, fallback="") == (
+        "a red barn in a field,\nat dusk", "blurry, text")
+    api = {"3": {"class_type": "KSampler", "inputs": {"positive": ["6", 0], "negative": ["7", 0]}},
+           "6": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["8", 0]}},
+           "8": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
+           "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "watermark", "clip": ["4", 1]}}}
+    comfyui = png("comfyui.png", prompt=json.dumps(api))
+    assert graph.run("MVDiffusionPromptFromImage", image=comfyui, fallback="") == ("a lighthouse", "watermark")
+    bare = png("bare.png")
+    assert graph.run("MVDiffusionPromptFromImage", image=bare, fallback=" a beach ") == ("a beach", "")
+    with pytest.raises(ValueError, match="Prompt From Image: bare.png carries no generation parameters"):
+        graph.run("MVDiffusionPromptFromImage", image=bare, fallback="")
