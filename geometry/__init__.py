@@ -4,7 +4,8 @@ equirectangular projection and stitching, and the overlap-PSNR consistency metri
 Conventions are stated once and used everywhere: pixels, axes and angles of the cameras in ``geometry/cameras.py``,
 longitude/latitude and the equirectangular pixel grid in ``geometry/equirect.py``.
 """
-from .cameras import Rig, intrinsics, pano_cameras, pano_rig, pixel_grid, rig_cameras, ring_neighbours, rotation
+from .cameras import (Rig, intrinsics, pano_cameras, pano_rig, pixel_grid, project_to_image, rig_cameras,
+                      ring_neighbours, rotation)
 from .correspondences import (apply_homography, homographies, overlap_fraction, overlap_neighbours,
                               pixel_correspondences)
 from .equirect import (BLENDS, blend_weight, direction_to_lonlat, equirect_grid, equirect_to_views,
@@ -14,6 +15,7 @@ from .sampling_plan import OFFSETS, LevelPlan, build_level_plan, level_plan, une
 
 __all__ = [
     "Rig", "intrinsics", "rotation", "pano_cameras", "pano_rig", "rig_cameras", "ring_neighbours", "pixel_grid",
+    "project_to_image",
     "homographies", "apply_homography", "pixel_correspondences", "overlap_fraction",
     "overlap_neighbours", "OFFSETS", "LevelPlan", "build_level_plan", "level_plan", "unet_level_sizes",
     "BLENDS", "equirect_grid", "lonlat_to_direction", "direction_to_lonlat", "lonlat_to_equirect_pixel",
