@@ -14,8 +14,9 @@ Conventions, stated once for the whole package:
 The camera matrices here are float32 on the CPU, computed in the same order as the official code
 (double-precision trigonometry, rounded to float32) so that the correspondences built from them are bit-identical
 to the official ones; move the results to another device afterwards. See docs in ``geometry/correspondences.py``.
-This module also holds what every geometry module shares: the integer pixel grid (:func:`pixel_grid`) and the
-validation of image sizes and of K/R camera tensors.
+This module also holds what every geometry module shares: the integer pixel grid (:func:`pixel_grid`), the
+projection of points onto an image (:func:`project_to_image`) and the validation of image sizes and of K/R camera
+tensors.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rig", "intrinsics", "rotation", "rig_cameras", "pano_cameras", "pano_rig", "ring_neighbours", "pixel_grid"]
+__all__ = ["Rig", "intrinsics", "rotation", "rig_cameras", "pano_cameras", "pano_rig", "ring_neighbours", "pixel_grid",
+           "project_to_image"]
 
 
 # --- input validation, shared by the geometry modules -----------------------------------------------------------
@@ -62,6 +64,23 @@ def _check_fov(fov_deg: float) -> None:
 
 
 # --- pixels, intrinsics, rotations ------------------------------------------------------------------------------
+
+def project_to_image(xyz: torch.Tensor, height: int, width: int, border: float = 0.5, dim: int = -1):
+    """Dehomogenise image points and tell which land on a ``height x width`` image.
+
+    xyz: homogeneous pixel coordinates ``K @ d_cam`` with the 3 components along ``dim`` (e.g. (N, 3) or (3, N)).
+    Returns ``(x, y, inside)`` with ``xyz``'s other dimensions: ``inside`` is True where the point lies in front
+    of the camera (z > 0) and within ``[-border, W-1+border] x [-border, H-1+border]``. The default border 0.5
+    is the image's pixel footprint (integer pixel centres); 0 keeps the points between the outer pixel centres.
+    Points behind the camera get x, y from z = 1 (finite, meaningless; mask them with ``inside``).
+    """
+    u, v, z = xyz.unbind(dim)
+    ahead = z > 0
+    z = torch.where(ahead, z, torch.ones_like(z))
+    x, y = u / z, v / z
+    inside = ahead & (x >= -border) & (x <= width - 1 + border) & (y >= -border) & (y <= height - 1 + border)
+    return x, y, inside
+
 
 def pixel_grid(height: int, width: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Homogeneous integer pixel coordinates (H, W, 3): ``grid[y, x] = (x, y, 1)`` in ``dtype`` on ``device``.

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .cameras import check_cameras, check_size, describe_shape, pixel_grid
+from .cameras import check_cameras, check_size, describe_shape, pixel_grid, project_to_image
 
 __all__ = ["BLENDS", "equirect_grid", "lonlat_to_direction", "direction_to_lonlat", "lonlat_to_equirect_pixel",
            "equirect_to_views", "views_to_equirect", "blend_weight"]
@@ -73,17 +73,18 @@ def lonlat_to_equirect_pixel(lon: torch.Tensor, lat: torch.Tensor, height: int, 
 
 # --- working precision ------------------------------------------------------------------------------------------
 
-def _working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 data, float32 for everything else (half, bfloat16, float32)."""
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The per-pixel working precision of the geometry modules: float64 for float64 data, float32 for everything
+    else (half, bfloat16, float32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --- sampling ---------------------------------------------------------------------------------------------------
 
-def _bilinear(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, wrap_x: bool) -> torch.Tensor:
+def bilinear_sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, wrap_x: bool) -> torch.Tensor:
     """Sample ``image`` (B, C, H, W) at continuous pixel coordinates x, y (N,) -> (B, C, N) in x's dtype.
 
-    Pixel centres at integers. ``wrap_x``: columns are periodic (index modulo W); otherwise x is clamped to
+    The bilinear sampler of every geometry module (equirect, metrics, placement). Pixel centres at integers. ``wrap_x``: columns are periodic (index modulo W); otherwise x is clamped to
     [0, W-1]. y is always clamped to [0, H-1].
     """
     b, c, h, w = image.shape
@@ -130,7 +131,7 @@ def equirect_to_views(pano: torch.Tensor, K: torch.Tensor, R: torch.Tensor, heig
     hp, wp = pano.shape[-2:]
     if hp < 1 or wp < 1 or pano.shape[1] < 1:
         raise ValueError(f"pano must have at least one channel and pixel, got shape {tuple(pano.shape)}")
-    device, wdtype = pano.device, _working_dtype(pano.dtype)
+    device, wdtype = pano.device, working_dtype(pano.dtype)
 
     # pixel -> world direction matrices, in float64 on the CPU (3x3 each), then to the working dtype
     to_world = (R.detach().cpu().double() @ torch.linalg.inv(K.detach().cpu().double())).to(device, wdtype)
@@ -138,7 +139,7 @@ def equirect_to_views(pano: torch.Tensor, K: torch.Tensor, R: torch.Tensor, heig
     dirs = (to_world @ pix).transpose(1, 2)  # (m, h*w, 3)
     lon, lat = direction_to_lonlat(dirs)
     u, v = lonlat_to_equirect_pixel(lon, lat, hp, wp)
-    samples = _bilinear(pano, u.reshape(-1), v.reshape(-1), wrap_x=True)  # (B, C, m*h*w)
+    samples = bilinear_sample(pano, u.reshape(-1), v.reshape(-1), wrap_x=True)  # (B, C, m*h*w)
     b, c = pano.shape[:2]
     views = samples.reshape(b, c, m, height, width).transpose(1, 2)
     return views.to(pano.dtype).contiguous()
@@ -207,7 +208,7 @@ def views_to_equirect(views: torch.Tensor, K: torch.Tensor, R: torch.Tensor, out
         raise ValueError(f"views must be non-empty, got shape {tuple(views.shape)}")
     check_size("output panorama", out_height, out_width)
     out_height, out_width = int(out_height), int(out_width)
-    device, wdtype = views.device, _working_dtype(views.dtype)
+    device, wdtype = views.device, working_dtype(views.dtype)
 
     K64, R64 = K.detach().cpu().double(), R.detach().cpu().double()
     # world -> view pixel (homogeneous) matrices K_i @ R_i^T, in float64 on the CPU, then the working dtype
@@ -222,18 +223,13 @@ def views_to_equirect(views: torch.Tensor, K: torch.Tensor, R: torch.Tensor, out
     wsum = torch.zeros(out_height * out_width, device=device, dtype=wdtype)
     for i in range(m):
         idx = (dirs @ forward[i] >= float(min_cos[i])).nonzero().squeeze(1)
-        uvw = dirs[idx] @ to_pixel[i].T  # (n, 3)
-        z = uvw[:, 2]
-        ahead = z > 0
-        z = torch.where(ahead, z, torch.ones_like(z))
-        x, y = uvw[:, 0] / z, uvw[:, 1] / z
-        inside = ahead & (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+        x, y, inside = project_to_image(dirs[idx] @ to_pixel[i].T, h, w)  # (n,) each
         weight = torch.where(inside, blend_weight(x, y, h, w, blend), torch.zeros_like(x))
         keep = weight > 0
         idx, x, y, weight = idx[keep], x[keep], y[keep], weight[keep]
         if idx.numel() == 0:
             continue
-        samples = _bilinear(views[:, i], x, y, wrap_x=False)  # (B, C, n)
+        samples = bilinear_sample(views[:, i], x, y, wrap_x=False)  # (B, C, n)
         acc.index_add_(2, idx, samples * weight)
         wsum.index_add_(0, idx, weight)
 

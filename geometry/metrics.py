@@ -18,9 +18,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .cameras import check_cameras, describe_shape, pano_cameras, pixel_grid
+from .cameras import check_cameras, describe_shape, pano_cameras, pixel_grid, project_to_image
 from .correspondences import homographies
-from .equirect import _bilinear, _working_dtype
+from .equirect import bilinear_sample, working_dtype
 
 __all__ = ["OverlapPSNR", "overlap_psnr", "paper_overlap_psnr", "psnr_ratio", "PAPER_SIZE",
            "PAPER_PSNR_MVDIFFUSION", "PAPER_PSNR_GROUND_TRUTH", "PAPER_RATIO_MVDIFFUSION"]
@@ -86,23 +86,18 @@ def overlap_psnr(views: torch.Tensor, K: torch.Tensor, R: torch.Tensor, pairs=No
     pairs = _check_pairs(pairs, m)
     if not max_value > 0:
         raise ValueError(f"max_value must be positive, got {max_value}")
-    device, wdtype = views.device, _working_dtype(views.dtype)
+    device, wdtype = views.device, working_dtype(views.dtype)
 
     Hm = homographies(K.detach().cpu().double(), R.detach().cpu().double())
     pix = pixel_grid(h, w, device, wdtype).reshape(-1, 3).T  # (3, h*w)
     flat = views.reshape(b, m, c, h * w)
     psnrs, overlaps = [], []
     for i, j in pairs:
-        xyz = Hm[i, j].to(device, wdtype) @ pix
-        z = xyz[2]
-        ahead = z > 0
-        safe_z = torch.where(ahead, z, torch.ones_like(z))
-        x, y = xyz[0] / safe_z, xyz[1] / safe_z
-        valid = ahead & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+        x, y, valid = project_to_image(Hm[i, j].to(device, wdtype) @ pix, h, w, border=0.0, dim=0)
         idx = valid.nonzero().squeeze(1)
         if idx.numel() == 0:
             raise ValueError(f"views {i} and {j} do not overlap: no pixel of view {i} lands inside view {j}")
-        warped = _bilinear(views[:, j], x[idx], y[idx], wrap_x=False)  # (B, C, n)
+        warped = bilinear_sample(views[:, j], x[idx], y[idx], wrap_x=False)  # (B, C, n)
         ref = flat[:, i][:, :, idx].to(wdtype)
         mse = ((warped - ref) ** 2).mean(dim=(1, 2))  # (B,)
         psnrs.append(10 * torch.log10(max_value ** 2 / mse))
@@ -127,7 +122,7 @@ def paper_overlap_psnr(views: torch.Tensor, fov_deg: float = 90.0, size: int = P
         raise ValueError(f"size must be an integer of at least 2 pixels, got {size}")
     size = int(size)
     if (h, w) != (size, size):
-        flat = views.reshape(b * m, c, h, w).to(_working_dtype(views.dtype))
+        flat = views.reshape(b * m, c, h, w).to(working_dtype(views.dtype))
         views = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=True).reshape(b, m, c, size, size)
     K, R = pano_cameras(m, fov_deg, size, size)

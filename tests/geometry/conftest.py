@@ -1,7 +1,9 @@
-"""Shared inputs of the geometry tests: the real 360° street photograph as float tensors in [0, 1]."""
+"""Shared inputs and measures of the geometry tests: the real 360° street photograph as float tensors in [0, 1],
+and the PSNR of two images."""
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,20 @@ def _street(width: int) -> torch.Tensor:
 def street():
     """``street(width)``: the street panorama (1, 3, width/2, width), Lanczos-downscaled from 2048x1024."""
     return lambda width=2048: _street(int(width)).clone()
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of images in [0, 1], over the pixels where ``mask`` (broadcast to the images) is true."""
+    err = (a.double() - b.double()) ** 2
+    if mask is not None:
+        err = err[mask.expand_as(err)]
+    return 10 * math.log10(1.0 / err.mean().item())
+
+
+@pytest.fixture(scope="session")
+def psnr():
+    """``psnr(a, b, mask=None)``: PSNR in dB of images in [0, 1] (over the pixels where the bool mask is true)."""
+    return psnr_db
 
 
 @pytest.fixture(autouse=True, scope="module")

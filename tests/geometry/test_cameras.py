@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from comfyui_mvdiffusion.geometry import (intrinsics, pano_cameras, pano_rig, pixel_grid, rig_cameras,
-                                          ring_neighbours, rotation)
+from comfyui_mvdiffusion.geometry import (intrinsics, pano_cameras, pano_rig, pixel_grid, project_to_image,
+                                          rig_cameras, ring_neighbours, rotation)
 from comfyui_mvdiffusion.geometry.cameras import Rig
 from comfyui_mvdiffusion.geometry.equirect import direction_to_lonlat
 
@@ -29,6 +29,19 @@ def test_the_pixel_grid_holds_x_y_1_at_every_pixel_in_the_requested_dtype():
         for y in range(3):
             for x in range(4):
                 assert grid[y, x].tolist() == [x, y, 1]
+
+
+def test_projected_points_are_inside_on_the_pixel_footprint_and_only_in_front_of_the_camera():
+    # (x, y) = (u / z, v / z) of a 4 x 6 image: the footprint is [-0.5, 5.5] x [-0.5, 3.5]
+    xyz = torch.tensor([[-1.0, -1.0, 2.0], [11.0, 7.0, 2.0], [-1.2, 0.0, 2.0], [11.2, 0.0, 2.0], [0.0, 7.2, 2.0],
+                        [1.0, 1.0, -2.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    x, y, inside = project_to_image(xyz, 4, 6)
+    assert torch.equal(x[:5], torch.tensor([-0.5, 5.5, -0.6, 5.6, 0.0], dtype=torch.float64))
+    assert torch.equal(y[:5], torch.tensor([-0.5, 3.5, 0.0, 0.0, 3.6], dtype=torch.float64))
+    assert inside.tolist() == [True, True, False, False, False, False, False]
+    x, y, inside = project_to_image(xyz.T, 4, 6, border=0.0, dim=0)  # columns; between the outer pixel centres
+    assert inside.tolist() == [False] * 7
+    assert project_to_image(torch.tensor([[0.0, 0.0, 1.0], [10.0, 6.0, 2.0]]), 4, 6, border=0.0)[2].all()
 
 
 def test_a_rigs_intrinsics_for_another_size_keep_its_fields_of_view():

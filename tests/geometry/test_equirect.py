@@ -14,13 +14,6 @@ from comfyui_mvdiffusion.geometry.equirect import (blend_weight, direction_to_lo
                                                    views_to_equirect)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    err = (a.double() - b.double()) ** 2
-    if mask is not None:
-        err = err[mask.expand_as(err)]
-    return 10 * math.log10(1.0 / err.mean().item())
-
-
 def official_formula_view(pano: torch.Tensor, fov: float, theta: float, phi: float, size: int) -> torch.Tensor:
     """A view cut with the formulas of the official ``Equirec2Perspec.GetPerspective`` (square view), written
     independently in numpy, with bilinear instead of bicubic sampling: view column c has the tangent
@@ -84,7 +77,7 @@ def test_directions_and_longitude_latitude_are_inverse_and_oriented_right_and_up
 
 
 @pytest.mark.parametrize("theta, phi", [(45.0, 0.0), (-100.0, 0.0), (180.0, 0.0), (90.0, 30.0), (270.0, -35.0)])
-def test_views_are_oriented_like_the_official_equirec2perspec(street, theta, phi):
+def test_views_are_oriented_like_the_official_equirec2perspec(street, psnr, theta, phi):
     pano = street(512)
     ours = equirect_to_views(pano, intrinsics(90.0, 128, 128)[None], rotation(theta, phi)[None], 128, 128)[0, 0]
     official = official_formula_view(pano, 90.0, theta, phi, 128)
@@ -119,7 +112,7 @@ def test_views_of_a_latitude_ramp_clamp_at_the_poles():
 # --- stitching --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("blend", ["ramp", "feather"])
-def test_eight_views_cut_from_the_real_panorama_stitch_back_to_it_above_35_db(street, blend):
+def test_eight_views_cut_from_the_real_panorama_stitch_back_to_it_above_35_db(street, psnr, blend):
     pano = street(512)  # 512 x 256: the 384 px views sample it at least as densely as the panorama itself
     K, R = pano_cameras(8, 90.0, 384, 384)
     views = equirect_to_views(pano, K, R, 384, 384)
@@ -131,7 +124,7 @@ def test_eight_views_cut_from_the_real_panorama_stitch_back_to_it_above_35_db(st
     assert psnr(stitched, pano, coverage) >= 35.0
 
 
-def test_the_stitch_shows_no_discontinuity_at_the_longitude_seam(street):
+def test_the_stitch_shows_no_discontinuity_at_the_longitude_seam(street, psnr):
     pano = street(512)
     K, R = pano_cameras(8, 90.0, 384, 384)
     stitched, coverage = views_to_equirect(equirect_to_views(pano, K, R, 384, 384), K, R, 256, 512)
@@ -234,7 +227,7 @@ def test_pixels_no_view_covers_are_white_and_the_covered_band_is_the_views_frust
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_results_keep_the_input_dtype_and_device(street, dtype):
+def test_results_keep_the_input_dtype_and_device(street, psnr, dtype):
     pano = street(256).to(dtype)
     K, R = pano_cameras(8, 90.0, 32, 32)
     views = equirect_to_views(pano, K, R, 32, 32)
