@@ -7,6 +7,7 @@ longitude/latitude and the equirectangular pixel grid in ``geometry/equirect.py`
 """
 from .cameras import (Rig, intrinsics, pano_cameras, pano_rig, pixel_grid, project_to_image, rig_cameras,
                       ring_neighbours, rotation)
+from .compositing import feather_weight, paste_known
 from .correspondences import (apply_homography, homographies, overlap_fraction, overlap_neighbours,
                               pixel_correspondences)
 from .equirect import (BLENDS, blend_weight, direction_to_lonlat, equirect_grid, equirect_to_views,
@@ -25,4 +26,5 @@ __all__ = [
     "equirect_to_views", "views_to_equirect", "blend_weight",
     "OverlapPSNR", "overlap_psnr", "paper_overlap_psnr", "psnr_ratio",
     "PHOTO_FOV_RANGE", "fit_official", "photo_camera", "reproject_photo", "panorama_to_views", "latent_mask",
+    "feather_weight", "paste_known",
 ]

@@ -11,7 +11,8 @@ import node_helpers
 from comfy_api.latest import io
 
 from ..geometry.compositing import paste_known
-from ..geometry.placement import fit_official, latent_mask, panorama_to_views, photo_camera, reproject_photo
+from ..geometry.placement import (PHOTO_FOV_RANGE, fit_official, latent_mask, panorama_to_views, photo_camera,
+                                  reproject_photo)
 from .io_types import CATEGORY, Cameras
 
 PLACEMENTS = ("official", "reproject")
@@ -79,8 +80,9 @@ class PlacePhoto(io.ComfyNode):
         if photo.shape[0] != 1:
             raise ValueError(f"{node}: got a batch of {photo.shape[0]} photos for one placement; place each "
                              "photo with its own Place Photo node (chain them through views/mask)")
-        if not (1.0 < fov < 179.0):
-            raise ValueError(f"{node}: the photo's field of view must be between 1° and 179°, got {fov:g}°")
+        if not (PHOTO_FOV_RANGE[0] < fov < PHOTO_FOV_RANGE[1]):
+            raise ValueError(f"{node}: the photo's field of view must be between {PHOTO_FOV_RANGE[0]:g}° and "
+                             f"{PHOTO_FOV_RANGE[1]:g}°, got {fov:g}°")
         if (views is None) != (mask is None):
             raise ValueError(f"{node}: connect both 'views' and 'mask' of the earlier placement, or neither")
         if views is None:

@@ -21,6 +21,7 @@ WORKFLOWS = comfy_host.REPO / "workflows"
 KITCHEN = ("This kitchen is a charming blend of rustic and modern, featuring a large reclaimed wood island with "
            "marble countertop, a sink surrounded by cabinets. To the left of the island, a stainless-steel "
            "refrigerator stands tall. To the right of the sink, built-in wooden cabinets painted in a muted.")
+STREET = "a busy shopping street in an asian city, colourful shop signs, parked scooters, overcast daylight"
 PER_VIEW = "\n".join([
     "a sunlit living room, a large window with white curtains",
     "a sunlit living room, a grey fabric sofa with cushions",
@@ -94,7 +95,7 @@ def image_to_panorama(info: dict) -> dict:
     placed = g.add("MVDiffusionPlacePhoto", (380, 480), cameras=cams.out(0), photo=photo.out(0),
                    placement="official", fov=90.0, yaw=0.0, pitch=0.0)
     pos = g.add("MVDiffusionPanoramaPrompts", (380, 40), size=(420, 180), title="Prompt (one line, or one per view)",
-                clip=ckpt.out(1), cameras=cams.out(0), text=KITCHEN)
+                clip=ckpt.out(1), cameras=cams.out(0), text=STREET)
     neg = g.add("CLIPTextEncode", (380, 260), size=(400, 110), title="Negative prompt", clip=ckpt.out(1), text="")
     cond = g.add("MVDiffusionOutpaintConditioning", (840, 300), positive=pos.out(0), negative=neg.out(0),
                  vae=ckpt.out(2), cameras=cams.out(0), views=placed.out(0), mask=placed.out(1), guide=False)

@@ -35,6 +35,22 @@ def server_starter():
 HALF_WEIGHTS = ("--fp16-unet", "--fp16-text-enc")
 
 
+def street_view(path: Path, yaw: float = 0.0, size: int = 96) -> None:
+    """A photo for the image workflow: the street panorama's 90° view at ``yaw``, written to ``path``."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from comfyui_mvdiffusion.geometry import equirect_to_views, intrinsics, rotation
+
+    street = Path(__file__).resolve().parents[1] / "fixtures" / "panoramas" / "street_2048x1024.jpg"
+    pano = torch.from_numpy(np.asarray(Image.open(street).convert("RGB"), dtype=np.float32) / 255)
+    pano = pano.permute(2, 0, 1)[None]
+    view = equirect_to_views(pano, intrinsics(90.0, size, size)[None], rotation(yaw)[None], size, size)[0, 0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((view.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
+
+
 _SESSION_SERVERS: list = []
 
 
@@ -65,12 +81,14 @@ def install_model(server, src: Path, folder: str, name: str | None = None) -> st
 def workflow_models(cache_dir):
     """Installers of the random test models that the example workflows load, under the names they use:
     ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
-    memory), ``pano_outpaint(server)`` the same for ``pano_outpaint.ckpt``, ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
+    memory), ``pano_outpaint(server)`` the same for ``pano_outpaint.ckpt`` plus the ``photo.png`` that
+    ``image_to_panorama.json`` loads, ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
     def pano(server) -> str:
         return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
                              "pano.ckpt")
 
     def pano_outpaint(server) -> str:
+        street_view(server.base / "input" / "photo.png")
         return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano_outpaint"), "mvdiffusion",
                              "pano_outpaint.ckpt")
 

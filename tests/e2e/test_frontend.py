@@ -36,7 +36,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 VIEWPORT = {"width": 1920, "height": 1080}
-WORKFLOWS = ["text_to_panorama.json", "text_to_panorama_sd2.json"]
+WORKFLOWS = ["text_to_panorama.json", "text_to_panorama_sd2.json", "image_to_panorama.json"]
 # first-run dialogs and banners that would cover the canvas
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 INIT_SCRIPT = "localStorage.setItem('vueNodesBannerDismissed', 'true')"
@@ -74,6 +74,7 @@ def frontend_version_pinned_by(root: Path) -> str:
 def prepare(server, workflow_models) -> None:
     """The workflows' model files and the settings that keep first-run dialogs off the canvas."""
     workflow_models.pano(server)
+    workflow_models.pano_outpaint(server)
     workflow_models.sd2(server)
     settings = server.base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)

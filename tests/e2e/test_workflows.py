@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,22 +105,10 @@ def test_text_to_panorama_runs_on_an_official_layout_checkpoint(comfy_server, of
 @pytest.fixture(scope="module")
 def official_outpaint(comfy_server, workflow_models) -> str:
     comfy_server.free_models()  # the pano model of the test before: one 5 GB model in memory at a time
-    return workflow_models.pano_outpaint(comfy_server)
-
-
-def street_view(path: Path, yaw: float = 0.0, size: int = 96) -> None:
-    """A photo for the image workflow: the street panorama's 90° view at ``yaw``, written to ``path``."""
-    from comfyui_mvdiffusion.geometry import equirect_to_views, intrinsics, rotation
-
-    pano = np.asarray(Image.open(ROOT / "tests/fixtures/panoramas/street_2048x1024.jpg").convert("RGB"))
-    pano = torch.from_numpy(pano.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    view = equirect_to_views(pano, intrinsics(90.0, size, size)[None], rotation(yaw)[None], size, size)[0, 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((view.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
+    return workflow_models.pano_outpaint(comfy_server)  # and the photo the workflow loads
 
 
 def test_image_to_panorama_runs_on_an_official_layout_outpaint_checkpoint(comfy_server, official_outpaint):
-    street_view(comfy_server.base / "input" / "photo.png")
     prompt = small(ui_to_api(load_workflow("image_to_panorama.json"), comfy_server.object_info()),
                    "MVDiffusionKSampler")
     entry = comfy_server.run(prompt, timeout=1800)

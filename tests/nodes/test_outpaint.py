@@ -104,7 +104,7 @@ def test_reprojected_placement_masks_its_footprint_and_conditions_like_the_spec(
                        yaw=20.0, pitch=0.0)
     for i in range(8):
         want = ~closed_form_footprint(45.0 * i, 20.0, 70.0, SIZE, 48, 64)
-        assert float((mask[i].numpy() > 0.5) != want).mean() <= 0.002, i  # boundary rounding only
+        assert float(((mask[i].numpy() > 0.5) != want).mean()) <= 0.002, i  # boundary rounding only
     assert 0 < float(mask[0].mean()) < 1 and float(mask[4].min()) == 1  # partly known / behind the photo
     pos, neg, latent = graph.run("MVDiffusionOutpaintConditioning", positive=inpaint.pos, negative=inpaint.neg,
                             vae=inpaint.vae, cameras=cameras, views=views, mask=mask, guide=False)
