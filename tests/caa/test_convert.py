@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -207,22 +208,23 @@ def test_pip_installing_the_pack_gives_the_mvdiffusion_convert_command(tmp_path)
     check_converted(tmp_path / "pano.caa.safetensors", sd)
 
 
-def test_whole_keeps_every_tensor_and_dtype_and_classifies_like_the_ckpt(tmp_path, capsys):
-    src, sd = small_official(tmp_path)
+@pytest.mark.parametrize("kind", ["pano", "pano_outpaint"])
+def test_whole_keeps_every_tensor_and_dtype_and_classifies_like_the_ckpt(tmp_path, capsys, kind):
+    src, sd = small_official(tmp_path, f"{kind}.ckpt", kind)
     assert convert.main([str(src), "--whole"]) == 0
-    out = tmp_path / "pano.safetensors"
+    out = tmp_path / f"{kind}.safetensors"
     assert str(out) in capsys.readouterr().out
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
         stored = {k: f.get_tensor(k) for k in f.keys()}
-    assert meta["format"] == ck.WHOLE_FORMAT and meta["model_kind"] == "pano" and meta["source"] == "pano.ckpt"
+    assert meta["format"] == ck.WHOLE_FORMAT and meta["model_kind"] == kind and meta["source"] == f"{kind}.ckpt"
     assert set(stored) == set(sd)  # everything, Lightning bookkeeping aside
     for k, v in sd.items():
         assert stored[k].dtype == v.dtype and torch.equal(stored[k], v), k
     whole = ck.read_checkpoint(out)
     assert ck.classify(whole.state_dict, whole.metadata) == ck.classify(sd)
     caa, info = ck.load_caa_state_dict(out)
-    assert info["format"] == ck.WHOLE_FORMAT and info["source"] == "pano.ckpt"
+    assert info["format"] == ck.WHOLE_FORMAT and info["source"] == f"{kind}.ckpt" and info["kind"] == kind
     assert all(torch.equal(caa[k], v) for k, v in caa_of(sd).items())
 
 
