@@ -171,9 +171,9 @@ class OutpaintConditioning(io.ComfyNode):
                         "from pure noise. Unlike the core InpaintModelConditioning it returns an empty start "
                         "latent and no noise mask (the official behaviour) unless 'guide' is on.",
             inputs=[
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Vae.Input("vae"),
+                io.Conditioning.Input("positive", tooltip="The prompt(s) (Panorama Prompts)."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),
+                io.Vae.Input("vae", tooltip="Encodes the known views (the checkpoint's VAE)."),
                 Cameras.Input("cameras", tooltip="From Panorama Cameras."),
                 io.Image.Input("views", tooltip="Known views (Place Photo, Partial Panorama): scenes x views."),
                 io.Mask.Input("mask", tooltip="Their mask: 1 = generate, 0 = known."),

@@ -34,6 +34,20 @@ PER_VIEW = "\n".join([
 ])
 
 
+def sample_and_save(g: UIGraph, x: int, ckpt, cams, positive, negative, latent, pano_prefix: str,
+                    views_prefix: str) -> None:
+    """MVDiffusion KSampler (official settings) -> VAE Decode -> stitch -> save the panorama and the views, in
+    columns from ``x`` on (the checkpoint loader's MODEL, VAE and caa outputs)."""
+    sampled = g.add("MVDiffusionKSampler", (x, 60), size=(320, 400), model=ckpt.out(0), caa=ckpt.out(3),
+                    cameras=cams.out(0), positive=positive, negative=negative, latent_image=latent,
+                    seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
+    views = g.add("VAEDecode", (x + 360, 60), samples=sampled.out(0), vae=ckpt.out(2))
+    pano = g.add("MVDiffusionEquirectStitch", (x + 360, 180), images=views.out(0), cameras=cams.out(0), width=4096,
+                 height=2048, blend="ramp")
+    g.add("SaveImage", (x + 700, 60), size=(520, 320), images=pano.out(0), filename_prefix=pano_prefix)
+    g.add("SaveImage", (x + 700, 420), size=(520, 320), images=views.out(0), filename_prefix=views_prefix)
+
+
 def text_to_panorama(info: dict) -> dict:
     """Official checkpoint -> 8 views -> stitch -> save (the official pano.ckpt demo)."""
     g = UIGraph(info)
@@ -44,14 +58,8 @@ def text_to_panorama(info: dict) -> dict:
                 clip=ckpt.out(1), cameras=cams.out(0), text=KITCHEN)
     neg = g.add("CLIPTextEncode", (420, 300), size=(400, 120), title="Negative prompt", clip=ckpt.out(1), text="")
     latent = g.add("MVDiffusionEmptyLatent", (420, 470), cameras=cams.out(0), scenes=1)
-    sampled = g.add("MVDiffusionKSampler", (860, 60), size=(320, 400), model=ckpt.out(0), caa=ckpt.out(3),
-                    cameras=cams.out(0), positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0),
-                    seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
-    views = g.add("VAEDecode", (1220, 60), samples=sampled.out(0), vae=ckpt.out(2))
-    pano = g.add("MVDiffusionEquirectStitch", (1220, 180), images=views.out(0), cameras=cams.out(0), width=4096,
-                 height=2048, blend="ramp")
-    g.add("SaveImage", (1560, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/panorama")
-    g.add("SaveImage", (1560, 420), size=(520, 320), images=views.out(0), filename_prefix="mvdiffusion/view")
+    sample_and_save(g, 860, ckpt, cams, pos.out(0), neg.out(0), latent.out(0), "mvdiffusion/panorama",
+                    "mvdiffusion/view")
     g.note((40, 560), "Put pano.ckpt (MVDiffusion release) into models/mvdiffusion/. It holds the SD2-base model, "
                       "its text encoder and VAE, and the correspondence-aware attention. One prompt for all 8 views, "
                       "or one line per view (view 0 = panorama centre, then clockwise in 45° steps).")
@@ -99,14 +107,8 @@ def image_to_panorama(info: dict) -> dict:
     neg = g.add("CLIPTextEncode", (380, 260), size=(400, 110), title="Negative prompt", clip=ckpt.out(1), text="")
     cond = g.add("MVDiffusionOutpaintConditioning", (840, 300), positive=pos.out(0), negative=neg.out(0),
                  vae=ckpt.out(2), cameras=cams.out(0), views=placed.out(0), mask=placed.out(1), guide=False)
-    sampled = g.add("MVDiffusionKSampler", (1180, 60), size=(320, 400), model=ckpt.out(0), caa=ckpt.out(3),
-                    cameras=cams.out(0), positive=cond.out(0), negative=cond.out(1), latent_image=cond.out(2),
-                    seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
-    views = g.add("VAEDecode", (1540, 60), samples=sampled.out(0), vae=ckpt.out(2))
-    pano = g.add("MVDiffusionEquirectStitch", (1540, 180), images=views.out(0), cameras=cams.out(0), width=4096,
-                 height=2048, blend="ramp")
-    g.add("SaveImage", (1880, 60), size=(520, 320), images=pano.out(0), filename_prefix="mvdiffusion/outpaint_panorama")
-    g.add("SaveImage", (1880, 420), size=(520, 320), images=views.out(0), filename_prefix="mvdiffusion/outpaint_view")
+    sample_and_save(g, 1180, ckpt, cams, cond.out(0), cond.out(1), cond.out(2), "mvdiffusion/outpaint_panorama",
+                    "mvdiffusion/outpaint_view")
     g.note((840, 560), "Put pano_outpaint.ckpt (MVDiffusion release) into models/mvdiffusion/ and pick a photo. "
                        "official: the photo becomes view 0 (short side resized, centre crop), as the official "
                        "demo does; reproject: it is projected with its own field of view at any yaw and pitch. "

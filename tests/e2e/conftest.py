@@ -25,6 +25,12 @@ def start_server(base: Path, root: Path, extra_args: tuple = (), env: dict | Non
 
 
 @pytest.fixture(scope="session")
+def return_freed_memory() -> dict:
+    """The environment that makes a server's resident size the memory it really holds (glibc options)."""
+    return dict(RETURN_FREED_MEMORY)
+
+
+@pytest.fixture(scope="session")
 def server_starter():
     """``server_starter(base, root, extra_args=(), env=None)``: :func:`start_server`, for tests that need a server of their own."""
     return start_server
@@ -33,6 +39,9 @@ def server_starter():
 # the host's own options to store the weights in fp16 (computed in float32 on the CPU): the 5 GB official-layout
 # model takes half the memory, and the workflows run through ComfyUI's fp16-weight path
 HALF_WEIGHTS = ("--fp16-unet", "--fp16-text-enc")
+# glibc hands every freed block of 64 KiB or more back to the system at once (its adaptive mmap threshold would
+# otherwise keep gigabytes of freed model weights in the server's heap)
+RETURN_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def street_view(path: Path, yaw: float = 0.0, size: int = 96) -> None:
@@ -56,7 +65,8 @@ _SESSION_SERVERS: list = []
 
 @pytest.fixture(scope="session")
 def comfy_server(comfy_root, tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root, extra_args=HALF_WEIGHTS)
+    server = start_server(tmp_path_factory.mktemp("server_base"), comfy_root, extra_args=HALF_WEIGHTS,
+                          env=RETURN_FREED_MEMORY)
     _SESSION_SERVERS.append(server)
     yield server
     _SESSION_SERVERS.remove(server)

@@ -45,11 +45,10 @@ def graph(seed: int, yaw: float, patched: bool = True) -> dict:
 
 
 @pytest.fixture(scope="module")
-def exact_server(comfy_root, tmp_path_factory, server_starter):
+def exact_server(comfy_root, tmp_path_factory, server_starter, return_freed_memory):
     """A server of its own whose C allocator returns every freed block of 64 KiB or more to the system at
     once (glibc's MALLOC_MMAP_THRESHOLD_), so that its resident size is the memory it really holds."""
-    server = server_starter(tmp_path_factory.mktemp("memory_server"), comfy_root,
-                            env={"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
+    server = server_starter(tmp_path_factory.mktemp("memory_server"), comfy_root, env=return_freed_memory)
     yield server
     server.stop()
 

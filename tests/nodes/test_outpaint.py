@@ -22,13 +22,13 @@ SCALE = 0.18215  # SD2's latent scale: the official masked-image latents are vae
 
 
 @pytest.fixture(scope="module")
-def inpaint(comfy, graph, install, cache_dir):
-    """The random SD2-inpainting test checkpoint (host loader) + random outpaint CAA weights (Load CAA Weights)."""
+def inpaint(comfy, graph, install, cache_dir, fp16_weights):
+    """The random SD2-inpainting test checkpoint (host loader, weights stored in fp16 as with the host's
+    --fp16-unet --fp16-text-enc) + random outpaint CAA weights (Load CAA Weights)."""
     name = install(random_weights.sd2_inpainting(cache_dir), "checkpoints")
-    with torch.inference_mode():
+    with torch.inference_mode(), fp16_weights():
         model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
-    (caa,) = graph.run("MVDiffusionCAALoader",
-                  caa_name=install(random_weights.caa_outpaint(cache_dir), "mvdiffusion"))
+    (caa,) = graph.run("MVDiffusionCAALoader", caa_name=install(random_weights.caa_outpaint(cache_dir), "mvdiffusion"))
     with torch.inference_mode():
         pos = comfy.nodes.CLIPTextEncode().encode(clip, "a street")[0]
         neg = comfy.nodes.CLIPTextEncode().encode(clip, "")[0]
