@@ -5,13 +5,15 @@ from .cameras import EmptyPanoramaLatent, PanoramaCameras
 from .equirect import EquirectangularStitch, EquirectangularToViews
 from .loaders import LoadCAAWeights, LoadMVDiffusionCheckpoint
 from .outpaint import OutpaintConditioning, PartialPanorama, PasteKnownPixels, PlacePhoto
+from .panorama_tools import PanoramaConsistency, PanoramaOrbit, PanoramaView, SavePanorama
 from .png_prompt import PromptFromImage
 from .prompts import PanoramaPrompts
 from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
 
 NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, EmptyPanoramaLatent, PanoramaPrompts,
          ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews,
-         PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage]
+         PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage,
+         PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama]
 
 
 class MVDiffusionExtension(ComfyExtension):

@@ -153,10 +153,14 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self.get("/object_info")
 
-    def queue(self, prompt: dict, client_id: str | None = None) -> str:
-        """Queue an API-format prompt; returns its prompt id (a UUID, as newer ComfyUI requires)."""
+    def queue(self, prompt: dict, client_id: str | None = None, extra_data: dict | None = None) -> str:
+        """Queue an API-format prompt; returns its prompt id (a UUID, as newer ComfyUI requires).
+        ``extra_data``: what the frontend sends besides the prompt (e.g. ``{"extra_pnginfo": {"workflow": ...}}``)."""
         prompt_id = str(uuid.uuid4())
-        self.post("/prompt", {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id or "tests"})
+        body = {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id or "tests"}
+        if extra_data:
+            body["extra_data"] = extra_data
+        self.post("/prompt", body)
         return prompt_id
 
     def wait(self, prompt_id: str, timeout: float = 900.0) -> dict:
