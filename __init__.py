@@ -6,6 +6,8 @@ that function, so ``geometry`` and ``caa`` stay importable (and testable) withou
 """
 
 MODEL_FOLDER = "mvdiffusion"
+# the frontend extension (the 360° viewer of Preview Panorama), served by ComfyUI under /extensions/
+WEB_DIRECTORY = "./web"
 MODEL_EXTENSIONS = {".ckpt", ".safetensors", ".pt", ".pth"}
 
 

@@ -5,7 +5,7 @@ from .cameras import EmptyPanoramaLatent, PanoramaCameras
 from .equirect import EquirectangularStitch, EquirectangularToViews
 from .loaders import LoadCAAWeights, LoadMVDiffusionCheckpoint
 from .outpaint import OutpaintConditioning, PartialPanorama, PasteKnownPixels, PlacePhoto
-from .panorama_tools import PanoramaConsistency, PanoramaOrbit, PanoramaView, SavePanorama
+from .panorama_tools import PanoramaConsistency, PanoramaOrbit, PanoramaView, PreviewPanorama, SavePanorama
 from .png_prompt import PromptFromImage
 from .prompts import PanoramaPrompts
 from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
@@ -13,7 +13,7 @@ from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
 NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, EmptyPanoramaLatent, PanoramaPrompts,
          ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews,
          PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage,
-         PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama]
+         PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama, PreviewPanorama]
 
 
 class MVDiffusionExtension(ComfyExtension):

@@ -16,6 +16,22 @@ from ..geometry.photosphere import gpano_fields, gpano_xmp
 from .io_types import CATEGORY, Cameras
 
 
+def save_images(images: torch.Tensor, directory: str, prefix: str, extension: str, write) -> list[tuple[str, str]]:
+    """Each IMAGE of the batch as a PIL image handed to ``write(pixels, path)`` under ComfyUI's numbered names
+    in ``directory``; returns ``[(file name, subfolder)]``."""
+    from PIL import Image
+
+    h, w = images.shape[1:3]
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, directory, w, h)
+    saved = []
+    for k, image in enumerate(images):
+        file = f"{name}_{counter + k:05}_.{extension}"
+        write(Image.fromarray(np.clip(image.cpu().numpy() * 255.0, 0, 255).round().astype(np.uint8)),
+              os.path.join(folder, file))
+        saved.append((file, subfolder))
+    return saved
+
+
 def perspective(node: str, panorama: torch.Tensor, yaws, pitch: float, fov: float, width: int, height: int):
     """Perspective views (B * len(yaws), height, width, C) of equirectangular IMAGEs, in panorama order then yaw."""
     if panorama.ndim != 4:
@@ -145,30 +161,49 @@ class SavePanorama(io.ComfyNode):
 
     @classmethod
     def execute(cls, panorama, filename_prefix, format, full_sphere, quality) -> io.NodeOutput:
-        from PIL import Image, PngImagePlugin
+        from PIL import PngImagePlugin
 
         h, w = panorama.shape[1:3]
         try:
             xmp = gpano_xmp(gpano_fields(w, h, full_sphere))
         except ValueError as e:
             raise ValueError(f"Save Panorama: {e}") from None
-        out_dir = folder_paths.get_output_directory()
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, w, h)
-        results = []
-        for image in panorama:
-            pixels = Image.fromarray(np.clip(image.cpu().numpy() * 255.0, 0, 255).round().astype(np.uint8))
-            file = f"{name}_{counter:05}_.{'jpg' if format == 'jpeg' else 'png'}"
+        def write(pixels, path: str) -> None:
             if format == "jpeg":
-                pixels.save(os.path.join(folder, file), quality=quality, xmp=xmp)
-            else:
-                info = PngImagePlugin.PngInfo()
-                info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
-                hidden = getattr(cls, "hidden", None)  # set by the executor
-                if getattr(hidden, "prompt", None) is not None:
-                    info.add_text("prompt", json.dumps(hidden.prompt))
-                for key, value in (getattr(hidden, "extra_pnginfo", None) or {}).items():
-                    info.add_text(key, json.dumps(value))
-                pixels.save(os.path.join(folder, file), pnginfo=info, compress_level=4)
-            results.append(ui.SavedResult(file, subfolder, io.FolderType.output))
-            counter += 1
-        return io.NodeOutput(ui=ui.SavedImages(results))
+                pixels.save(path, quality=quality, xmp=xmp)
+                return
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
+            hidden = getattr(cls, "hidden", None)  # set by the executor
+            if getattr(hidden, "prompt", None) is not None:
+                info.add_text("prompt", json.dumps(hidden.prompt))
+            for key, value in (getattr(hidden, "extra_pnginfo", None) or {}).items():
+                info.add_text(key, json.dumps(value))
+            pixels.save(path, pnginfo=info, compress_level=4)
+
+        saved = save_images(panorama, folder_paths.get_output_directory(), filename_prefix,
+                            "jpg" if format == "jpeg" else "png", write)
+        return io.NodeOutput(ui=ui.SavedImages([ui.SavedResult(f, sub, io.FolderType.output) for f, sub in saved]))
+
+
+class PreviewPanorama(io.ComfyNode):
+    """Shows an equirectangular IMAGE in the pack's 360° viewer (web/panorama_viewer.js) inside the node."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MVDiffusionPreviewPanorama", display_name="Preview Panorama", category=CATEGORY,
+            description="Look around an equirectangular panorama in 360 inside the node: drag to turn, wheel to "
+                        "zoom, the full-screen button to fill the screen, 'use this view' to copy the yaw, pitch "
+                        "and FoV into the Panorama View nodes fed by the same panorama. Works offline.",
+            inputs=[io.Image.Input("panorama", tooltip="Equirectangular IMAGE (2:1 for the whole sphere).")],
+            outputs=[], is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, panorama) -> io.NodeOutput:
+        saved = save_images(panorama, folder_paths.get_temp_directory(), "mvdiffusion_panorama", "png",
+                            lambda pixels, path: pixels.save(path, compress_level=1))
+        # a key of its own: the frontend's default image preview stays out of the viewer's way
+        return io.NodeOutput(ui={"mvdiffusion_panorama": [{"filename": f, "subfolder": sub, "type": "temp"}
+                                                          for f, sub in saved]})

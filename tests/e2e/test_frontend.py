@@ -122,6 +122,12 @@ def open_frontend(browser, server, version: str):
     context = browser.new_context(viewport=VIEWPORT)
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
+    # what the page asks for and what it reports as an error, from its first request on
+    page.mvd_requests, page.mvd_errors, page.mvd_uncaught = [], [], []
+    page.on("request", lambda request: page.mvd_requests.append(request.url))
+    page.on("console", lambda msg: page.mvd_errors.append(f"{msg.text} @ {msg.location.get('url', '')}")
+            if msg.type == "error" else None)
+    page.on("pageerror", lambda error: page.mvd_uncaught.append(f"{error}\n{getattr(error, 'stack', '')}"))
     page.goto(server.url)
     try:
         page.wait_for_function(STARTED, timeout=STARTUP_TIMEOUT_MS)
@@ -212,3 +218,70 @@ def test_the_frontend_opens_the_workflow_with_no_missing_or_flagged_node_and_pro
     target = os.environ.get("MVDIFFUSION_SCREENSHOTS")
     if target and request.node.callspec.params["frontend"] == "host":
         shutil.copy(shot, Path(target) / shot.name)
+
+
+def street_panorama(path: Path, width: int = 1024) -> None:
+    from PIL import Image
+
+    image = Image.open(ROOT / "tests/fixtures/panoramas/street_2048x1024.jpg").convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.resize((width, width // 2), Image.BILINEAR).save(path)
+
+
+CANVAS = ".mvdiffusion-panorama-viewer canvas"
+REGISTRY = "https://api.comfy.org/"  # the frontend's node-registry look-ups (not the pack's)
+# the viewer's canvas: its pixels' standard deviation (0 for a blank canvas) and a digest of them
+CANVAS_STATE = """sel => { const c = document.querySelector(sel); if (!c || !c.width) return null;
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let s = 0, s2 = 0, h = 0; const n = d.length / 4;
+    for (let i = 0; i < d.length; i += 4) { const g = d[i] + d[i + 1] + d[i + 2]; s += g; s2 += g * g;
+        h = (h * 31 + g) >>> 0; }
+    return {std: Math.sqrt(Math.max(s2 / n - (s / n) ** 2, 0)), digest: h}; }"""
+
+
+def test_preview_panorama_shows_a_360_viewer_that_turns_and_copies_its_view(page, frontend, request):
+    from workflow_api import UIGraph
+
+    server, _ = frontend
+    street_panorama(server.base / "input" / "street_pano.png")
+    g = UIGraph(server.object_info())
+    image = g.add("LoadImage", (40, 60), size=(300, 320), image="street_pano.png")
+    g.add("MVDiffusionPreviewPanorama", (380, 60), size=(640, 420), panorama=image.out(0))
+    view = g.add("MVDiffusionPanoramaView", (380, 520), panorama=image.out(0), yaw=0.0, pitch=0.0, fov=90.0,
+                 width=512, height=512)
+    load(page, g.to_ui())
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    page.wait_for_function(f"() => {{ const s = ({CANVAS_STATE})('{CANVAS}'); return s && s.std > 10; }}",
+                           timeout=120_000)
+    before = page.evaluate(CANVAS_STATE, CANVAS)
+    box = page.locator(CANVAS).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 120, y + 40, steps=6)
+    page.mouse.up()
+    page.wait_for_function(f"d => ({CANVAS_STATE})('{CANVAS}').digest !== d", arg=before["digest"])
+    page.mouse.wheel(0, 300)  # zoom out: a wider field of view
+    page.wait_for_function("sel => document.querySelector(sel).parentElement.innerText.includes('fov 12')",
+                           arg=CANVAS)
+    page.get_by_text("use this view").click()
+    widgets = page.evaluate("""id => Object.fromEntries(window.app.graph.getNodeById(id).widgets
+                                   .filter(w => ['yaw', 'pitch', 'fov'].includes(w.name)).map(w => [w.name, w.value]))""",
+                            view.node_id)
+    assert widgets["yaw"] > 5 and widgets["pitch"] > 1 and widgets["fov"] > 110, widgets  # grabbed right and up
+    # the viewer's picture comes from the server that ran the node; nothing else leaves the machine except the
+    # frontend's own registry look-ups of the nodes on the canvas (it makes them for core nodes too)
+    assert any(u.startswith(f"{server.url}/view?filename=mvdiffusion_panorama") for u in page.mvd_requests)
+    foreign = [u for u in page.mvd_requests if not u.startswith((server.url, "data:", "blob:"))
+               and not u.startswith(REGISTRY)]
+    assert not foreign, foreign
+    # no uncaught exception, and no console error from the viewer's script or its requests (the frontends log
+    # errors of their own here, with or without this pack: 404s for optional user files, the newest frontend's
+    # jobs API on an older host, blocked look-ups of model metadata)
+    assert not page.mvd_uncaught, page.mvd_uncaught
+    ours = [e for e in page.mvd_errors if "panorama_viewer" in e or "/view?" in e
+            or ("mvdiffusion" in e.lower() and REGISTRY not in e)]
+    assert not ours, ours
+    shot = Path(os.environ.get("MVDIFFUSION_SCREENSHOTS") or request.getfixturevalue("tmp_path"))
+    if request.node.callspec.params["frontend"] == "host" or not os.environ.get("MVDIFFUSION_SCREENSHOTS"):
+        page.locator(".mvdiffusion-panorama-viewer").screenshot(path=str(shot / "panorama_viewer.png"))
