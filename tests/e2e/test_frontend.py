@@ -285,3 +285,31 @@ def test_preview_panorama_shows_a_360_viewer_that_turns_and_copies_its_view(page
     shot = Path(os.environ.get("MVDIFFUSION_SCREENSHOTS") or request.getfixturevalue("tmp_path"))
     if request.node.callspec.params["frontend"] == "host" or not os.environ.get("MVDIFFUSION_SCREENSHOTS"):
         page.locator(".mvdiffusion-panorama-viewer").screenshot(path=str(shot / "panorama_viewer.png"))
+
+
+def test_a_png_from_save_panorama_drags_back_into_the_frontend_as_its_workflow(page, frontend):
+    import time
+
+    from workflow_api import UIGraph
+
+    server, _ = frontend
+    g = UIGraph(server.object_info())
+    image = g.add("EmptyImage", (40, 60), width=256, height=128, batch_size=1, color=0x336699)
+    g.add("MVDiffusionSavePanorama", (380, 60), panorama=image.out(0), filename_prefix="dragback/pano360",
+          format="png", full_sphere=True, quality=95)
+    workflow = g.to_ui()
+    load(page, workflow)
+    seen = set(server.get("/history"))
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    deadline, files = time.time() + 120, []
+    while not files and time.time() < deadline:
+        new = {k: v for k, v in server.get("/history").items() if k not in seen}
+        files = [f for entry in new.values() for f in server.output_files(entry) if "dragback" in str(f)]
+        time.sleep(0.5)
+    assert files, "the frontend's run saved no panorama"
+    rel = files[0].relative_to(server.output)
+    page.evaluate("() => window.app.graph.clear()")
+    page.evaluate("""async url => { const blob = await (await fetch(url)).blob();
+        await window.app.handleFile(new File([blob], 'pano360.png', {type: 'image/png'})); }""",
+                  f"{server.url}/view?filename={rel.name}&subfolder={rel.parent.as_posix()}&type=output")
+    page.wait_for_function(GRAPH_IS, arg=[[str(n["id"]), n["type"]] for n in workflow["nodes"]])
