@@ -203,7 +203,7 @@ def caa_flops(bench) -> float:
     feed-forward) + 2 C² (r_h = W̃_k,hᵀ q_h and the value projection) + 2 K C²/32 (the per-query logits and
     weighted key sums), as multiply-adds; times 2 for FLOPs."""
     patch = bench.patch("fast")
-    keys = 9 * len(bench.rig.neighbours[0])
+    keys = 9 * bench.rig.max_neighbours
     macs = 0
     for site in patch.sites:
         h, w = patch.level_sizes[site.level]

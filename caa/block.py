@@ -15,7 +15,8 @@ with neighbours j (the rig's neighbour lists; the official pano ring is i-1, i+1
 :class:`geometry.LevelPlan`:
 
 1. keys/values: the 9 bilinear samples of each neighbour's map around the correspondence,
-   ``kv = (sample + pe(displacement)) * valid`` (invalid keys stay in the softmax as zero vectors);
+   ``kv = (sample + pe(displacement)) * valid`` (invalid keys stay in the softmax as zero vectors; the padding
+   keys of views with fewer neighbours, ``plan.present`` False, are left out of it);
 2. query: ``x_i + pe((0, 0))``;
 3. ``out = to_out(softmax(q k^T / sqrt(32)) v) + x_i`` with ``q = to_q(norm1(query))``,
    ``k, v = to_k(norm1(kv)), to_v(norm1(kv))`` (the same LayerNorm for both), 32-wide heads;
@@ -50,12 +51,15 @@ class CrossAttention(nn.Module):
         self.to_v = operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)
         self.to_out = operations.Linear(dim, dim, device=device, dtype=dtype)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """query (N, 1, C), context (N, K, C) -> (N, 1, C)."""
+    def forward(self, query: torch.Tensor, context: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """query (N, 1, C), context (N, K, C) -> (N, 1, C); ``present`` (N, K) bool leaves the keys where it is
+        False out of the softmax (None: all take part)."""
         q, k, v = self.to_q(query), self.to_k(context), self.to_v(context)
         n = q.shape[0]
         q, k, v = (t.reshape(n, t.shape[1], self.heads, HEAD_DIM).transpose(1, 2) for t in (q, k, v))
         sim = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale
+        if present is not None:
+            sim = sim.masked_fill(~present[:, None, None, :], float("-inf"))
         out = torch.einsum("bhij,bhjd->bhid", sim.softmax(dim=-1), v)
         return self.to_out(out.transpose(1, 2).reshape(n, -1, self.heads * HEAD_DIM))
 
@@ -92,9 +96,11 @@ class TransformerBlock(nn.Module):
         self.norm1 = operations.LayerNorm(dim, device=device, dtype=dtype)
         self.norm2 = operations.LayerNorm(dim, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
-        """x (N, 1, C) raw query features, context (N, K, C) keys, query_pe (1 or N, 1, C) -> (N, 1, C)."""
-        x = self.attn1(self.norm1(x + query_pe), self.norm1(context)) + x
+    def forward(self, x: torch.Tensor, context: torch.Tensor, query_pe: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, 1, C) raw query features, context (N, K, C) keys, query_pe (1 or N, 1, C), present (N, K) bool
+        or None (see :meth:`CrossAttention.forward`) -> (N, 1, C)."""
+        x = self.attn1(self.norm1(x + query_pe), self.norm1(context), present) + x
         return self.ff(self.norm2(x)) + x
 
 
@@ -159,7 +165,10 @@ class CorrespondenceAttention(nn.Module):
         del samples, pe  # the keys are the largest tensors here: one copy at a time
         kv.mul_(plan.valid.to(x.device).permute(0, 2, 3, 1)[None, ..., None].to(x.dtype))
         query = x.reshape(b, m, C, h, w).permute(0, 1, 3, 4, 2).reshape(-1, 1, C)
-        out = self.transformer(query, kv.reshape(-1, K, C), self.query_pe().to(x.dtype))
+        present = None
+        if plan.present is not None:  # (m, K) -> one row per query pixel, in the query order (b, m, h, w)
+            present = plan.present.to(x.device)[None, :, None, None, :].expand(b, m, h, w, K).reshape(-1, K)
+        out = self.transformer(query, kv.reshape(-1, K, C), self.query_pe().to(x.dtype), present)
         return like(x, out.reshape(b, m, h, w, C).permute(0, 1, 4, 2, 3).reshape(b * m, C, h, w))
 
 

@@ -15,7 +15,8 @@ so for head h (rows h of the projections), with ``r_h = W̃_{k,h}ᵀ q_h`` (C nu
 
 Per query that is ~2·C² (r, the value projection of the weighted sum) plus 2·K·C²/32 for the two small
 per-query products instead of 36·C²; the query projection, output projection and feed-forward (~14·C²) are
-unchanged. An invalid key gets ``c_k = 0`` and so the key/value ``W β`` — the official behaviour.
+unchanged. An invalid key gets ``c_k = 0`` and so the key/value ``W β`` — the official behaviour. The padding
+keys of views with fewer neighbours (general rigs) get a logit of −∞ and so no weight.
 
 The centred keys ``d_k`` are built without a statistics pass: the channel mean is linear, so bilinear samples
 of the row-centred feature map plus the row-centred positional encoding are exactly ``kv_k - μ_k``; the
@@ -59,13 +60,16 @@ class TapPlan:
 
     index: (m h w, K, 4) int64 rows of the flattened (view, y, x) feature maps of one group;
     weight: (m h w, K, 4) float32 (0 for taps outside the map, times the 1-pixel-axis factor);
-    valid: (m h w, K) float32 (1 valid, 0 invalid); displacement: (m h w, K, 2) float32.
+    valid: (m h w, K) float32 (1 valid, 0 invalid); displacement: (m h w, K, 2) float32;
+    absent: (m h w, K) float32, -inf for the padding keys (``LevelPlan.present`` False), else 0; None without
+    padding.
     """
 
     index: torch.Tensor
     weight: torch.Tensor
     valid: torch.Tensor
     displacement: torch.Tensor
+    absent: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -103,7 +107,11 @@ def tap_plan(plan) -> TapPlan:
     def rows(t):  # (m, K, h, w, ...) -> (m h w, K, ...)
         return t.movedim(1, 3).reshape(m * h * w, K, *t.shape[4:]).contiguous()
 
-    return TapPlan(rows(index), rows(weight), rows(plan.valid.float()), rows(plan.displacement.float()))
+    absent = None
+    if plan.present is not None:
+        bias = torch.zeros(plan.present.shape, device=dev).masked_fill_(~plan.present.to(dev), float("-inf"))
+        absent = rows(bias[:, :, None, None].expand(m, K, h, w))
+    return TapPlan(rows(index), rows(weight), rows(plan.valid.float()), rows(plan.displacement.float()), absent)
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,12 +122,14 @@ class DeviceTaps:
     weight: torch.Tensor  # (m h w K, 4) in the features' dtype
     valid: torch.Tensor  # (m h w, K) float32
     displacement: torch.Tensor  # (m h w, K, 2) float32
+    absent: torch.Tensor | None = None  # (m h w, K) float32: -inf for padding keys, else 0; or None
 
 
 def device_taps(taps: TapPlan, device: torch.device, dtype: torch.dtype) -> DeviceTaps:
     """``taps`` on ``device`` with the weights in ``dtype``."""
     return DeviceTaps(taps.index.reshape(-1, 4).to(device), taps.weight.reshape(-1, 4).to(device, dtype),
-                       taps.valid.to(device), taps.displacement.to(device))
+                       taps.valid.to(device), taps.displacement.to(device),
+                       None if taps.absent is None else taps.absent.to(device))
 
 
 @dataclass(frozen=True, eq=False)
@@ -358,6 +368,8 @@ def fast_forward(block, x: torch.Tensor, plan, folded: FoldedWeights | None = No
                 r = torch.bmm(q_heads[:, c - a:e - a], W.wk, out=r_buf[:, :n]).transpose(0, 1)
                 logits = torch.bmm(r, d.transpose(1, 2)).float()  # (n, H, K): r_h · d_k
                 logits = torch.addcmul(q_bias[c - a:e - a], logits, (coef * scale)[:, None, :])
+                if taps.absent is not None:  # padding keys take no part in the softmax
+                    logits.add_(taps.absent[c:e, None, :])
                 attn = torch.softmax(logits, dim=-1).mul_(coef[:, None, :])  # a_hk c_k
                 z = torch.bmm(attn.to(dtype), d, out=z_buf[:n])  # (n, H, C): Σ_k a_hk c_k d_k
                 # W̃_v,h z_h (into a contiguous buffer: a strided `out` is much slower, above all on a busy CPU)

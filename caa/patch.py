@@ -225,13 +225,13 @@ class MultiViewPatch:
         rows = 2 * latent_batch
         (h, w), width = self.level_sizes[0], max(s.width for s in self.sites if s.level == 0)
         if self.implementation == "reference":
-            keys = 9 * len(self.rig.neighbours[0])
+            keys = 9 * self.rig.max_neighbours
             return max(reference_peak_bytes(rows, self.rig.num_views, keys, s.width, *self.level_sizes[s.level],
                                             element_size) for s in self.sites)
         # the fast path: copies of the biggest level's features (rows, centred rows, result), its query-chunk
         # working memory and its per-run cache of positional encodings
         features = 3 * rows * h * w * width * element_size
-        keys = 9 * len(self.rig.neighbours[0])
+        keys = 9 * self.rig.max_neighbours
         candidates = pe_candidates(self.sites, self.level_sizes, self.rig.num_views, keys, element_size)
         pe = sum(candidates[k][0] for k in pe_selection(candidates, PE_CACHE_BYTES))
         return features + CAA_WORK_BYTES + pe

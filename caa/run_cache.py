@@ -65,7 +65,7 @@ class RunCache:
 
     def __init__(self, rig, sites, level_sizes: list, free_memory=None):
         self.rig, self.sites, self.level_sizes, self.free_memory = rig, list(sites), list(level_sizes), free_memory
-        self.keys = 9 * len(rig.neighbours[0])
+        self.keys = 9 * rig.max_neighbours
         self.plans = {}  # level -> the CPU float32 LevelPlan; (level, device, dtype) -> its copy
         self.taps = {}  # level -> TapPlan; (level, device, dtype) -> DeviceTaps
         self.folded = {}  # (id(block), device, dtype) -> FoldedWeights

@@ -145,7 +145,10 @@ class Rig:
     """A rig of m pinhole views of one scene, all of the same image size.
 
     Hashable, so that everything derived from it (correspondences, sampling plans) can be cached per rig.
-    ``neighbours[i]`` lists the views that view i attends to (the official ring: ``(i-1) % m, (i+1) % m``).
+    ``neighbours[i]`` lists the views that view i attends to (the official ring: ``(i-1) % m, (i+1) % m``). The
+    lists may differ in length (a pole view of a full-sphere rig sees the whole ring, a ring view two ring
+    neighbours and the poles): the attention pads the shorter ones with absent keys that take no part in it
+    (``geometry.sampling_plan.LevelPlan.present``), so view i attends to exactly its own list.
     """
 
     yaws_deg: tuple[float, ...]
@@ -167,10 +170,11 @@ class Rig:
             _check_fov(fov)
         if len(self.neighbours) != m:
             raise ValueError(f"neighbours must list the neighbours of each of the {m} views, got {len(self.neighbours)}")
-        counts = {len(n) for n in self.neighbours}
-        if len(counts) != 1 or 0 in counts:
-            raise ValueError(f"every view needs the same, non-zero number of neighbours, got {sorted(counts)}")
         for i, nbs in enumerate(self.neighbours):
+            if not nbs:
+                raise ValueError(f"view {i} has no neighbours: every view needs at least one")
+            if len(set(nbs)) != len(nbs):
+                raise ValueError(f"view {i} lists a neighbour twice: {tuple(nbs)}")
             for j in nbs:
                 if not (0 <= j < m) or j == i:
                     raise ValueError(f"view {i} lists an invalid neighbour {j} (views are 0..{m - 1}, not itself)")
@@ -178,6 +182,11 @@ class Rig:
     @property
     def num_views(self) -> int:
         return len(self.yaws_deg)
+
+    @property
+    def max_neighbours(self) -> int:
+        """The longest neighbour list: the attention's keys per query are ``9 * max_neighbours``."""
+        return max(len(n) for n in self.neighbours)
 
     @property
     def K(self) -> torch.Tensor:
@@ -201,11 +210,12 @@ def ring_neighbours(num_views: int) -> tuple[tuple[int, ...], ...]:
 
 
 def rig_cameras(yaws_deg, pitches_deg, fovs_deg, height: int, width: int, neighbours=None,
-                min_overlap: float = 0.1) -> Rig:
+                min_overlap: float = 0.1, max_neighbours: int | None = None) -> Rig:
     """A general rig from per-view yaw, pitch and horizontal fov lists (degrees).
 
     ``neighbours``: per-view tuples of neighbour indices. Default: the views whose frusta overlap view i's
-    image on more than ``min_overlap`` of its area (see :func:`geometry.correspondences.overlap_neighbours`).
+    image on more than ``min_overlap`` of its area, at most ``max_neighbours`` of them (the most overlapping;
+    see :func:`geometry.correspondences.overlap_neighbours`).
     """
     yaws = tuple(float(y) for y in yaws_deg)
     pitches = tuple(float(p) for p in pitches_deg)
@@ -221,7 +231,7 @@ def rig_cameras(yaws_deg, pitches_deg, fovs_deg, height: int, width: int, neighb
 
         K = torch.stack([intrinsics(f, height, width) for f in fovs])
         R = torch.stack([rotation(y, p) for y, p in zip(yaws, pitches)])
-        neighbours = overlap_neighbours(K, R, int(height), int(width), min_overlap)
+        neighbours = overlap_neighbours(K, R, int(height), int(width), min_overlap, max_neighbours)
     return Rig(yaws, pitches, fovs, int(height), int(width), tuple(tuple(int(j) for j in n) for n in neighbours))
 
 

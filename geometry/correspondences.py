@@ -72,12 +72,15 @@ def overlap_fraction(K: torch.Tensor, R: torch.Tensor, height: int, width: int, 
 
 
 def overlap_neighbours(K: torch.Tensor, R: torch.Tensor, height: int, width: int,
-                       min_overlap: float = 0.1) -> tuple[tuple[int, ...], ...]:
+                       min_overlap: float = 0.1, max_neighbours: int | None = None) -> tuple[tuple[int, ...], ...]:
     """For general rigs: per view, the other views seeing more than ``min_overlap`` of its image.
 
-    Sorted by decreasing overlap (ties by index) and cut to the same count for every view (the smallest
-    count), because the attention batches all views with one number of neighbours.
+    Sorted by decreasing overlap (ties by index), at most ``max_neighbours`` per view (None: all of them). The
+    lists may differ in length (see :class:`geometry.cameras.Rig`).
     """
+    if max_neighbours is not None and (isinstance(max_neighbours, bool) or int(max_neighbours) != max_neighbours
+                                       or max_neighbours < 1):
+        raise ValueError(f"max_neighbours must be a positive integer or None, got {max_neighbours}")
     frac = overlap_fraction(K, R, height, width)
     m = frac.shape[0]
     lists = []
@@ -85,9 +88,8 @@ def overlap_neighbours(K: torch.Tensor, R: torch.Tensor, height: int, width: int
         cands = [j for j in range(m) if j != i and frac[i, j] > min_overlap]
         cands.sort(key=lambda j: (-round(float(frac[i, j]), 9), j))
         lists.append(cands)
-    k = min(len(c) for c in lists)
-    if k == 0:
-        lonely = [i for i, c in enumerate(lists) if not c]
+    lonely = [i for i, c in enumerate(lists) if not c]
+    if lonely:
         raise ValueError(f"views {lonely} overlap no other view by more than {min_overlap:.0%}: "
                          "add views, widen the field of view or pass neighbours explicitly")
-    return tuple(tuple(c[:k]) for c in lists)
+    return tuple(tuple(c[:max_neighbours]) for c in lists)

@@ -17,10 +17,18 @@ The construction reproduces the official ``get_key_value`` (src/models/pano/util
 2. The correspondence i -> j at image pixels ``(s_q//2 + s_q*u, s_q//2 + s_q*v)``, divided by ``s_k``, minus 0.5.
 3. Offsets (dx, dy), dx in (-1, 0, 1) outer loop, dy inner: point ``p = c + (dx, dy)`` in key-map pixels;
    ``grid = (p_x / (w-1) * 2 - 1, p_y / (h-1) * 2 - 1)``.
-4. In image pixels the point is ``q = (p + 0.5) * s_k``; valid iff ``0 < q_x < W`` and ``0 < q_y < H``.
+4. In image pixels the point is ``q = (p + 0.5) * s_k``; valid iff ``0 < q_x < W`` and ``0 < q_y < H``, and
+   (beyond the official code, for general rigs) the query ray lies in front of view j (positive depth).
+   For the official ring no query ray behind a neighbour lands inside its image, so this changes nothing there
+   (the bit-exact tests hold); views 90° or more apart (a pole view and the ring) need it, or rays behind
+   view j would take the mirrored points as correspondences.
 5. ``displacement = (H_ji q - query pixel) / s_q`` (dehomogenised).
 
 Keys are ordered neighbour-major, then offset (dx outer, dy inner): key ``k = 9 * n + 3 * (dx+1) + (dy+1)``.
+
+Views with fewer neighbours than the longest list (``Rig.max_neighbours``) get padding slots: their keys are
+absent (``present`` False; also invalid, with grid and displacement 0) and the attention leaves them out of
+the softmax, so each view attends to exactly its own neighbours.
 
 A 1-pixel-wide or -high map (64-px views at the deepest SD level) makes step 3 divide by zero; the official
 forward returns NaN there. Here such an axis is sampled like bilinear interpolation with zero padding would do
@@ -52,6 +60,8 @@ class LevelPlan:
     sample_weight: (m, K, h, w) float32 factor for 1-pixel axes, or None when h, w >= 2.
     valid: (m, K, h, w) bool.
     displacement: (m, K, h, w, 2) float32, always float32 (positional-encoding input).
+    present: (m, K) bool, False for the padding keys of views with fewer neighbours, or None when every view
+        has ``n`` neighbours (the official rigs).
     """
 
     neighbours: torch.Tensor
@@ -63,6 +73,7 @@ class LevelPlan:
     width: int
     image_height: int
     image_width: int
+    present: torch.Tensor | None = None
 
     @property
     def num_views(self) -> int:
@@ -77,7 +88,7 @@ class LevelPlan:
         opt = lambda t: None if t is None else t.to(device)  # noqa: E731
         return LevelPlan(self.neighbours.to(device), self.grid.to(device=device, dtype=dtype or self.grid.dtype),
                          opt(self.sample_weight), self.valid.to(device), self.displacement.to(device),
-                         self.height, self.width, self.image_height, self.image_width)
+                         self.height, self.width, self.image_height, self.image_width, opt(self.present))
 
 
 def unet_level_sizes(image_height: int, image_width: int, levels: int = 4, vae_factor: int = 8) -> list[tuple[int, int]]:
@@ -97,9 +108,10 @@ def build_level_plan(rig: Rig, height: int, width: int) -> LevelPlan:
     if h < 1 or w < 1 or h > H or w > W:
         raise ValueError(f"feature map {h}x{w} does not fit views of {H}x{W} pixels")
     s_q, s_k = H // h, W // w
-    m = rig.num_views
-    nb = torch.tensor(rig.neighbours, dtype=torch.int64)  # (m, n)
-    n = nb.shape[1]
+    m, n = rig.num_views, rig.max_neighbours
+    # (m, n) neighbour indices; a padding slot repeats the view's first neighbour (its keys are masked below)
+    nb = torch.tensor([list(l) + [l[0]] * (n - len(l)) for l in rig.neighbours], dtype=torch.int64)
+    slot_present = torch.tensor([[k < len(l) for k in range(n)] for l in rig.neighbours])  # (m, n)
 
     # query pixels in image coordinates: the strided subsample of the integer pixel grid
     q_grid = pixel_grid(H, W)[s_q // 2::s_q, s_q // 2::s_q]  # (h', w', 3)
@@ -115,6 +127,7 @@ def build_level_plan(rig: Rig, height: int, width: int) -> LevelPlan:
     pts = q_grid.reshape(-1, 3).T.expand(m * n, 3, h * w)
     corr = apply_homography(H_fwd, pts).reshape(m * n, h, w, 2)
     corr = corr / s_k - 0.5
+    ahead = ((H_fwd[:, 2:] @ pts) > 0).reshape(m * n, 1, h, w)  # the query ray's depth in view j
 
     # 3.-4. the 9 offsets
     grids, img_pts, weights = [], [], []
@@ -136,7 +149,7 @@ def build_level_plan(rig: Rig, height: int, width: int) -> LevelPlan:
         grids.append(g)
         weights.append(weight)
     img = torch.stack(img_pts, dim=1)  # (m*n, 9, h, w, 2)
-    valid = (img[..., 0] > 0) * (img[..., 0] < W) * (img[..., 1] > 0) * (img[..., 1] < H)
+    valid = (img[..., 0] > 0) * (img[..., 0] < W) * (img[..., 1] > 0) * (img[..., 1] < H) * ahead
 
     # 5. back into view i, relative to the query pixel, in query-map pixels
     homog = torch.cat([img, torch.ones_like(img[..., :1])], dim=-1)  # (m*n, 9, h, w, 3)
@@ -147,9 +160,17 @@ def build_level_plan(rig: Rig, height: int, width: int) -> LevelPlan:
     def per_view(t: torch.Tensor) -> torch.Tensor:  # (m*n, 9, ...) -> (m, n*9, ...)
         return t.reshape(m, n * 9, *t.shape[2:])
 
-    sample_weight = per_view(torch.stack(weights, dim=1)) if (h == 1 or w == 1) else None
-    return LevelPlan(nb, per_view(torch.stack(grids, dim=1)), sample_weight, per_view(valid),
-                     per_view(displacement), h, w, H, W)
+    grid = torch.stack(grids, dim=1)
+    sample_weight = torch.stack(weights, dim=1) if (h == 1 or w == 1) else None
+    present = None
+    if not bool(slot_present.all()):  # padding slots: absent, invalid, finite zeros
+        absent = ~slot_present.reshape(m * n)
+        for t in (grid, displacement) + ((sample_weight,) if sample_weight is not None else ()):
+            t[absent] = 0
+        valid[absent] = False
+        present = slot_present.repeat_interleave(9, dim=1)  # (m, n*9)
+    return LevelPlan(nb, per_view(grid), None if sample_weight is None else per_view(sample_weight),
+                     per_view(valid), per_view(displacement), h, w, H, W, present)
 
 
 def level_plan(rig: Rig, height: int, width: int, device: torch.device | str | None = None,

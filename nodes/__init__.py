@@ -1,7 +1,7 @@
 """ComfyUI nodes of the pack (thin glue over ``geometry`` and ``caa``), registered as a V3 extension."""
 from comfy_api.latest import ComfyExtension, io
 
-from .cameras import EmptyPanoramaLatent, PanoramaCameras
+from .cameras import EmptyPanoramaLatent, PanoramaCameras, SphereCameras
 from .equirect import EquirectangularStitch, EquirectangularToViews
 from .loaders import LoadCAAWeights, LoadMVDiffusionCheckpoint
 from .outpaint import OutpaintConditioning, PartialPanorama, PasteKnownPixels, PlacePhoto
@@ -10,7 +10,7 @@ from .png_prompt import PromptFromImage
 from .prompts import PanoramaPrompts
 from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
 
-NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, EmptyPanoramaLatent, PanoramaPrompts,
+NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, SphereCameras, EmptyPanoramaLatent, PanoramaPrompts,
          ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews,
          PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage,
          PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama, PreviewPanorama]

@@ -52,7 +52,7 @@ class PlacePhoto(io.ComfyNode):
                         "own field of view into every view it overlaps, at any yaw and pitch. Chain several "
                         "Place Photo nodes for several photos (a later photo wins where they overlap).",
             inputs=[
-                Cameras.Input("cameras", tooltip="From Panorama Cameras."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras or Sphere Cameras."),
                 io.Image.Input("photo", tooltip="One photo (chain another Place Photo for each further photo)."),
                 io.Combo.Input("placement", options=list(PLACEMENTS), default="official",
                                tooltip="official: the photo becomes one whole view (official pano_outpaint demo); "
@@ -96,7 +96,9 @@ class PlacePhoto(io.ComfyNode):
             if h != w:
                 raise ValueError(f"{node}: the official placement makes the photo one square view, but the views "
                                  f"are {w}x{h}; use placement 'reproject'")
-            i = min(range(m), key=lambda k: abs((cameras.yaws_deg[k] - yaw + 180.0) % 360.0 - 180.0))
+            # the view nearest in yaw among the lowest-pitch ones (the ring of a sphere rig, not a pole)
+            i = min(range(m), key=lambda k: (abs(cameras.pitches_deg[k]),
+                                             abs((cameras.yaws_deg[k] - yaw + 180.0) % 360.0 - 180.0)))
             views[i] = fit_official(image, h)[0].permute(1, 2, 0).clamp(0, 1).to(views)
             mask[i] = 0.0
         else:
@@ -123,7 +125,7 @@ class PartialPanorama(io.ComfyNode):
             inputs=[
                 io.Image.Input("panorama", tooltip="Equirectangular image (2:1, longitude 0 at the centre column)."),
                 io.Mask.Input("mask", tooltip="Same size as the panorama: 1 = missing (to fill), 0 = known."),
-                Cameras.Input("cameras", tooltip="From Panorama Cameras."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras or Sphere Cameras."),
             ],
             outputs=[io.Image.Output(display_name="views"), io.Mask.Output(display_name="mask")],
         )
@@ -174,7 +176,7 @@ class OutpaintConditioning(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The prompt(s) (Panorama Prompts)."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),
                 io.Vae.Input("vae", tooltip="Encodes the known views (the checkpoint's VAE)."),
-                Cameras.Input("cameras", tooltip="From Panorama Cameras."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras or Sphere Cameras."),
                 io.Image.Input("views", tooltip="Known views (Place Photo, Partial Panorama): scenes x views."),
                 io.Mask.Input("mask", tooltip="Their mask: 1 = generate, 0 = known."),
                 io.Boolean.Input("guide", default=False,

@@ -134,7 +134,8 @@ class PanoramaConsistency(io.ComfyNode):
         h, w = images.shape[1:3]
         views = images.permute(0, 3, 1, 2).float()
         result = overlap_psnr(views, cameras.intrinsics_for_size(h, w), cameras.R,
-                              pairs=[(i, j) for i, nbs in enumerate(cameras.neighbours) for j in nbs if i < j])
+                              pairs=sorted({(min(i, j), max(i, j))
+                                            for i, nbs in enumerate(cameras.neighbours) for j in nbs}))
         mean = float(result.mean)
         return io.NodeOutput(mean, table_image(result.pairs, result.per_pair.tolist(), mean))
 

@@ -89,7 +89,7 @@ class PanoramaPrompts(io.ComfyNode):
             description=DESCRIPTION,
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder (from the checkpoint loader)."),
-                Cameras.Input("cameras", tooltip="From Panorama Cameras (gives the number of views)."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras or Sphere Cameras (gives the number of views)."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True,
                                 tooltip="One line for all views (the same conditioning as CLIP Text Encode), or "
                                         "one line per view (view 0 first), which gives one row per view."),

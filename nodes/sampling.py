@@ -70,7 +70,7 @@ class ApplyMVDiffusion(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TOOLTIP),
                 CAA.Input("caa", tooltip="From Load MVDiffusion Checkpoint or Load CAA Weights."),
-                Cameras.Input("cameras", tooltip="From Panorama Cameras: the views the latent batch holds."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras or Sphere Cameras: the views the latent batch holds."),
             ],
             outputs=[io.Model.Output()],
         )
@@ -92,7 +92,7 @@ class MVDiffusionKSampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TOOLTIP),
                 CAA.Input("caa", tooltip="From Load MVDiffusion Checkpoint or Load CAA Weights."),
-                Cameras.Input("cameras", tooltip="From Panorama Cameras."),
+                Cameras.Input("cameras", tooltip="From Panorama Cameras or Sphere Cameras."),
                 io.Conditioning.Input("positive", tooltip="One prompt for all views, or one per view "
                                                           "(Panorama Prompts)."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),

@@ -117,8 +117,66 @@ def image_to_panorama(info: dict) -> dict:
     return g.to_ui()
 
 
+def text_to_full_panorama(info: dict) -> dict:
+    """pano.ckpt: the 8-view ring from text -> its stitch as a partial sphere -> pano_outpaint.ckpt: the ring as known
+    views and the two pole views generated with CAA to them (Sphere Cameras) -> a 2:1 panorama with no hole, shown in
+    360, saved as a 360 photo and as an orbit video."""
+    g = UIGraph(info)
+    ring_ckpt = g.add("MVDiffusionCheckpointLoader", (40, 60), ckpt_name="pano.ckpt")
+    ring = g.add("MVDiffusionPanoramaCameras", (40, 240), views=8, fov=90.0, pitch=0.0, width=512, height=512,
+                 yaw_offset=0.0)
+    pos = g.add("MVDiffusionPanoramaPrompts", (400, 40), size=(420, 180), title="Prompt of the ring",
+                clip=ring_ckpt.out(1), cameras=ring.out(0), text=KITCHEN)
+    neg = g.add("CLIPTextEncode", (400, 260), size=(400, 110), title="Negative prompt", clip=ring_ckpt.out(1), text="")
+    latent = g.add("MVDiffusionEmptyLatent", (400, 410), cameras=ring.out(0), scenes=1)
+    sampled = g.add("MVDiffusionKSampler", (860, 40), size=(320, 400), model=ring_ckpt.out(0), caa=ring_ckpt.out(3),
+                    cameras=ring.out(0), positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0),
+                    seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
+    ring_views = g.add("VAEDecode", (1220, 40), samples=sampled.out(0), vae=ring_ckpt.out(2))
+    band = g.add("MVDiffusionEquirectStitch", (1220, 160), title="The ring's band", images=ring_views.out(0),
+                 cameras=ring.out(0), width=2048, height=1024, blend="feather")
+    missing = g.add("InvertMask", (1220, 420), title="Missing = not covered by the ring", mask=band.out(1))
+
+    sphere = g.add("MVDiffusionSphereCameras", (40, 560), ring_views=8, ring_fov=90.0, poles="both", pole_fov=120.0,
+                   rows="", width=512, height=512, min_overlap=0.1, max_neighbours=0)
+    partial = g.add("MVDiffusionPartialPanorama", (400, 560), panorama=band.out(0), mask=missing.out(0),
+                    cameras=sphere.out(0))
+    pole_ckpt = g.add("MVDiffusionCheckpointLoader", (40, 880), ckpt_name="pano_outpaint.ckpt")
+    pole_pos = g.add("MVDiffusionPanoramaPrompts", (400, 700), size=(420, 180), title="Prompt of the poles",
+                     clip=pole_ckpt.out(1), cameras=sphere.out(0), text=KITCHEN)
+    pole_neg = g.add("CLIPTextEncode", (400, 920), size=(400, 110), title="Negative prompt", clip=pole_ckpt.out(1),
+                     text="")
+    cond = g.add("MVDiffusionOutpaintConditioning", (860, 560), positive=pole_pos.out(0), negative=pole_neg.out(0),
+                 vae=pole_ckpt.out(2), cameras=sphere.out(0), views=partial.out(0), mask=partial.out(1), guide=False)
+    poles = g.add("MVDiffusionKSampler", (860, 760), size=(320, 400), model=pole_ckpt.out(0), caa=pole_ckpt.out(3),
+                  cameras=sphere.out(0), positive=cond.out(0), negative=cond.out(1), latent_image=cond.out(2),
+                  seed=0, steps=50, cfg=9.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
+    sphere_views = g.add("VAEDecode", (1220, 560), samples=poles.out(0), vae=pole_ckpt.out(2))
+    pasted = g.add("MVDiffusionPasteKnown", (1220, 680), images=sphere_views.out(0), views=partial.out(0),
+                   mask=partial.out(1), feather=8)
+    full = g.add("MVDiffusionEquirectStitch", (1220, 860), title="The whole sphere", images=pasted.out(0),
+                 cameras=sphere.out(0), width=2048, height=1024, blend="feather", known_panorama=band.out(0),
+                 known_mask=missing.out(0))
+
+    g.add("MVDiffusionPreviewPanorama", (1560, 40), size=(520, 420), panorama=full.out(0))
+    g.add("MVDiffusionSavePanorama", (1560, 500), panorama=full.out(0), filename_prefix="mvdiffusion/full_panorama",
+          format="jpeg", full_sphere=True, quality=95)
+    orbit = g.add("MVDiffusionPanoramaOrbit", (1560, 700), panorama=full.out(0), frames=120, start_yaw=0.0,
+                  pitch=0.0, fov=90.0, width=512, height=512)
+    g.add("SaveAnimatedWEBP", (1920, 700), size=(360, 360), images=orbit.out(0),
+          filename_prefix="mvdiffusion/full_panorama_orbit", fps=24.0, lossless=False, quality=85, method="default")
+    g.note((1920, 500), "Put pano.ckpt and pano_outpaint.ckpt (MVDiffusion release) into models/mvdiffusion/. The "
+                        "ring of 8 views comes from the text; its stitch leaves the poles open. The outpainting "
+                        "model then samples Sphere Cameras' 10 views: the ring views are known (mask 0), the pole "
+                        "views are generated attending to the ring. The released weights were trained on the ring "
+                        "only, so the pole views are an experiment. Without pano_outpaint.ckpt: an SD2-inpainting "
+                        "checkpoint with KSampler (no CAA) after Outpaint Conditioning fills the poles too.",
+           size=(360, 190))
+    return g.to_ui()
+
+
 BUILDERS = {"text_to_panorama.json": text_to_panorama, "text_to_panorama_sd2.json": text_to_panorama_sd2,
-            "image_to_panorama.json": image_to_panorama}
+            "image_to_panorama.json": image_to_panorama, "text_to_full_panorama.json": text_to_full_panorama}
 
 
 def build_all(object_info: dict, out_dir: Path = WORKFLOWS) -> list[Path]:

@@ -92,7 +92,8 @@ def workflow_models(cache_dir):
     """Installers of the random test models that the example workflows load, under the names they use:
     ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
     memory), ``pano_outpaint(server)`` the same for ``pano_outpaint.ckpt`` plus the ``photo.png`` that
-    ``image_to_panorama.json`` loads, ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``."""
+    ``image_to_panorama.json`` loads, ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``,
+    ``sd2_inpainting(server)`` the SD2-inpainting test checkpoint and outpaint CAA weights."""
     def pano(server) -> str:
         return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
                              "pano.ckpt")
@@ -106,4 +107,9 @@ def workflow_models(cache_dir):
         install_model(server, random_weights.sd2_checkpoint(cache_dir), "checkpoints", "512-base-ema.safetensors")
         install_model(server, random_weights.caa_weights(cache_dir), "mvdiffusion", "pano.caa.safetensors")
 
-    return types.SimpleNamespace(pano=pano, pano_outpaint=pano_outpaint, sd2=sd2)
+    def sd2_inpainting(server) -> None:
+        install_model(server, random_weights.sd2_inpainting(cache_dir), "checkpoints",
+                      "512-inpainting-ema.safetensors")
+        install_model(server, random_weights.caa_outpaint(cache_dir), "mvdiffusion", "pano_outpaint.caa.safetensors")
+
+    return types.SimpleNamespace(pano=pano, pano_outpaint=pano_outpaint, sd2=sd2, sd2_inpainting=sd2_inpainting)

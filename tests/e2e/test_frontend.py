@@ -36,7 +36,8 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 VIEWPORT = {"width": 1920, "height": 1080}
-WORKFLOWS = ["text_to_panorama.json", "text_to_panorama_sd2.json", "image_to_panorama.json"]
+WORKFLOWS = ["text_to_panorama.json", "text_to_panorama_sd2.json", "image_to_panorama.json",
+             "text_to_full_panorama.json"]
 # first-run dialogs and banners that would cover the canvas
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 INIT_SCRIPT = "localStorage.setItem('vueNodesBannerDismissed', 'true')"

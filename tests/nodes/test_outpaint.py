@@ -222,3 +222,31 @@ def test_partial_panorama_completion_keeps_every_known_pixel_with_paste_and_in_t
     keep = missing[0] < 0.5
     assert torch.equal(stitched[0][keep], pano[0][keep])
     assert not torch.equal(stitched[0][~keep], pano[0][~keep])  # the hole was filled by the model
+
+
+def test_without_outpaint_caa_an_inpainting_pass_fills_the_poles_of_a_ring_panorama(comfy, graph, inpaint, cameras):
+    # the fallback of workflows/text_to_full_panorama.json: the ring's band as a partial sphere, the pole views
+    # filled by the inpainting model alone through the host's KSampler (no CAA), the band kept exactly
+    (ring_views,) = graph.run("MVDiffusionEquirectToViews", panorama=street(), cameras=cameras)
+    band, covered = graph.run("MVDiffusionEquirectStitch", images=ring_views, cameras=cameras, width=256, height=128,
+                              blend="feather")
+    missing = 1.0 - covered
+    assert 0.3 < float(missing.mean()) < 0.7  # the poles are open
+    (sphere,) = graph.run("MVDiffusionSphereCameras", ring_views=8, ring_fov=90.0, poles="both", pole_fov=120.0,
+                          rows="", width=SIZE, height=SIZE, min_overlap=0.1, max_neighbours=0)
+    views, mask = graph.run("MVDiffusionPartialPanorama", panorama=band, mask=missing, cameras=sphere)
+    assert float(mask[:8].mean()) < 0.05  # the ring views are known but for their outermost rows ...
+    assert 0.2 < float(mask[8:].mean()) < 0.8  # ... the pole views partly: the band around their borders
+    pos, neg, latent = graph.run("MVDiffusionOutpaintConditioning", positive=inpaint.pos, negative=inpaint.neg,
+                                 vae=inpaint.vae, cameras=sphere, views=views, mask=mask, guide=False)
+    samples = graph.ksample(inpaint.model, pos, neg, latent)
+    with torch.inference_mode():
+        (decoded,) = comfy.nodes.VAEDecode().decode(inpaint.vae, {"samples": samples})
+    (pasted,) = graph.run("MVDiffusionPasteKnown", images=decoded, views=views, mask=mask, feather=4)
+    full, coverage = graph.run("MVDiffusionEquirectStitch", images=pasted, cameras=sphere, width=256, height=128,
+                               blend="feather", known_panorama=band, known_mask=missing)
+    assert bool((coverage == 1).all())  # no hole
+    keep = missing[0] < 0.5
+    assert torch.equal(full[0][keep], band[0][keep])
+    poles = full[0][~keep]
+    assert float(poles.std()) > 0.01 and float((poles - 1.0).abs().max()) > 0.1  # filled, not the white fill
