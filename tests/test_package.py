@@ -1,4 +1,4 @@
-"""The pack's layering: geometry and caa import without ComfyUI; the root registers the pack lazily."""
+"""The pack's layering: geometry, caa and scenes import without ComfyUI; the root registers the pack lazily."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_geometry_and_caa_import_without_comfyui_on_the_path():
+def test_geometry_caa_and_scenes_import_without_comfyui_on_the_path():
     code = textwrap.dedent(f"""
         import importlib, importlib.util, pkgutil, sys
         assert not any(p and __import__("os").path.exists(__import__("os").path.join(p, "comfy", "model_patcher.py"))
@@ -19,7 +19,7 @@ def test_geometry_and_caa_import_without_comfyui_on_the_path():
                                                       submodule_search_locations=[{str(ROOT)!r}])
         pack = importlib.util.module_from_spec(spec); sys.modules[spec.name] = pack; spec.loader.exec_module(pack)
         names = []
-        for sub in ("geometry", "caa"):
+        for sub in ("geometry", "caa", "scenes"):
             pkg = importlib.import_module(f"comfyui_mvdiffusion.{{sub}}")
             for info in pkgutil.iter_modules(pkg.__path__):
                 importlib.import_module(f"comfyui_mvdiffusion.{{sub}}.{{info.name}}")
@@ -33,13 +33,14 @@ def test_geometry_and_caa_import_without_comfyui_on_the_path():
     assert out.returncode == 0, out.stderr
     modules = out.stdout.split()
     for expected in ("geometry.cameras", "geometry.sampling_plan", "caa.block", "caa.fast", "caa.patch",
-                     "caa.checkpoint"):
+                     "caa.checkpoint", "scenes.frames", "scenes.scannet", "scenes.nerfstudio", "scenes.colmap",
+                     "scenes.tensors"):
         assert expected in modules, modules
 
 
 def test_only_nodes_and_the_root_touch_comfyui():
     offenders = []
-    for sub in ("geometry", "caa"):
+    for sub in ("geometry", "caa", "scenes"):
         for path in (ROOT / sub).rglob("*.py"):
             for line in path.read_text().splitlines():
                 stripped = line.strip()
