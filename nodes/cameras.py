@@ -11,6 +11,10 @@ from ..geometry.sphere import POLES, parse_rows, pole_fov_for_full_sphere, spher
 from .io_types import CATEGORY, Cameras
 
 
+TRAINED_ON_RING = ("The released MVDiffusion weights were trained on the 8-view ring of 90° views: other rigs "
+                   "(poles, rows, other fields of view) are your experiment.")
+
+
 class PanoramaCameras(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -19,7 +23,8 @@ class PanoramaCameras(io.ComfyNode):
             display_name="Panorama Cameras",
             category=CATEGORY,
             description="The ring of perspective views of a 360° panorama (official MVDiffusion: 8 views, 90° FoV, "
-                        "45° apart, 512 px). Carries everything the correspondence-aware attention needs.",
+                        "45° apart, 512 px). Carries everything the correspondence-aware attention needs. "
+                        + TRAINED_ON_RING,
             inputs=[
                 io.Int.Input("views", default=8, min=2, max=64, tooltip="Number of views around the full circle."),
                 io.Float.Input("fov", default=90.0, min=1.0, max=179.0, step=0.5,
@@ -48,10 +53,6 @@ class PanoramaCameras(io.ComfyNode):
                              "overlap; the correspondence-aware attention needs overlapping neighbours: widen the "
                              f"field of view above {360 / views:g}° or add views")
         return io.NodeOutput(rig)
-
-
-TRAINED_ON_RING = ("The released MVDiffusion weights were trained on the 8-view ring of 90° views: other rigs "
-                   "(poles, rows, other fields of view) are your experiment.")
 
 
 class SphereCameras(io.ComfyNode):
