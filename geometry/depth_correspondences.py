@@ -9,11 +9,16 @@ The correspondence of pixel (x, y) of view i in view j reproduces the official `
 order, because the depth attention turns depths read at the rounded correspondence into positional encodings so
 steep that one float32 ulp matters:
 
-1. ``pose_rel = inverse(c2w_j) @ c2w_i`` (``torch.inverse``, then one 4x4 product);
+1. ``pose_rel = inverse(c2w_j) @ c2w_i`` (``torch.inverse`` in float32, then one 4x4 product);
 2. back-projection with view i's K: ``X = d * (x - cx) / fx``, ``Y = d * (y - cy) / fy``, ``Z = d``;
 3. ``R_rel @ [X, Y, Z] + t_rel``, then ``K_j @`` that (two batched matrix products);
 4. ``xy = uvw[:2] / (uvw[2] + 1e-6)``; pixels with depth 0 get (-1e6, -1e6). No ``z > 0`` test: a point behind
    camera j lands at its mirror image, as in the official code.
+
+The matrix products run in IEEE float32 whatever the process-wide matmul precision says (the official
+``train.py`` / ``test.py`` set ``torch.set_float32_matmul_precision('medium')``, which on GPUs with TF32 and on
+CPUs with bf16 support, this one included, rounds the products' inputs and moves most coordinates; exact float32
+is the reference here). Compute on the CPU for bit-reproducible results.
 
 The official code has one K for all views; here back-projection uses view i's K and projection view j's K (the
 same numbers when the views share K).
@@ -25,6 +30,7 @@ inside) whose correspondence lies in ``[0, W) x [0, H)`` of view j; the official
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -32,7 +38,7 @@ import torch
 
 from .scene import SceneCameras
 
-__all__ = ["NO_DEPTH", "NEIGHBOUR_OVERLAP", "KEY_FRAME_OVERLAP", "relative_poses", "pair_correspondences",
+__all__ = ["NO_DEPTH", "NEIGHBOUR_OVERLAP", "KEY_FRAME_OVERLAP", "ieee_float32_matmul", "pair_correspondences",
            "depth_correspondences", "overlap_ratios", "symmetric_overlap", "depth_overlap", "pair_overlap",
            "depth_neighbours", "views_without_overlap", "select_key_frames", "in_between_frames"]
 
@@ -51,10 +57,28 @@ def _check_depths(depths: torch.Tensor, cameras: SceneCameras) -> None:
                          f"{cameras.height}x{cameras.width} images")
 
 
-def relative_poses(c2w_src: torch.Tensor, c2w_dst: torch.Tensor) -> torch.Tensor:
-    """(p, 4, 4) float32 transforms from source-camera to destination-camera coordinates:
-    ``inverse(c2w_dst) @ c2w_src``, as the official code computes it (``torch.inverse`` in float32)."""
-    return torch.inverse(c2w_dst.float()) @ c2w_src.float()
+@contextlib.contextmanager
+def ieee_float32_matmul():
+    """Within the block, float32 matrix products are plain IEEE float32 on the CPU and on CUDA (no TF32 / bf16
+    inputs), whatever precision the host selected; its settings are restored afterwards."""
+    backends = [getattr(b, "matmul", None) for b in (torch.backends.mkldnn, torch.backends.cuda)]
+    backends = [b for b in backends if b is not None and hasattr(b, "fp32_precision")]
+    if not backends:  # torch < 2.9: the legacy switch only
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved)
+        return
+    saved = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, precision in zip(backends, saved):
+            b.fp32_precision = precision
 
 
 def _project(depth: torch.Tensor, K_src: torch.Tensor, K_dst: torch.Tensor, pose_rel: torch.Tensor) -> torch.Tensor:
@@ -87,11 +111,12 @@ def pair_correspondences(depths: torch.Tensor, cameras: SceneCameras, sources: S
     inv_c2w = torch.inverse(cameras.c2w)  # (n, 4, 4): each view's inverse once
     out = torch.empty(len(src), H, W, 2, dtype=torch.float32, device=depths.device)
     chunk = max(1, _POINTS_PER_CHUNK // (H * W))
-    for start in range(0, len(src), chunk):
-        s, d = src[start:start + chunk], dst[start:start + chunk]
-        pose_rel = (inv_c2w[d] @ cameras.c2w[s]).to(depths.device)
-        out[start:start + chunk] = _project(depths[s.to(depths.device)], cameras.K[s].to(depths.device),
-                                            cameras.K[d].to(depths.device), pose_rel)
+    with ieee_float32_matmul():
+        for start in range(0, len(src), chunk):
+            s, d = src[start:start + chunk], dst[start:start + chunk]
+            pose_rel = (inv_c2w[d] @ cameras.c2w[s]).to(depths.device)
+            out[start:start + chunk] = _project(depths[s.to(depths.device)], cameras.K[s].to(depths.device),
+                                                cameras.K[d].to(depths.device), pose_rel)
     return out
 
 

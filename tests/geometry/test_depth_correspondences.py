@@ -115,6 +115,18 @@ def test_projecting_in_chunks_of_pairs_gives_the_same_bits_as_all_at_once(monkey
     assert torch.equal(pair_correspondences(depths, cameras, [3, 0], [1, 2]), whole[[3, 0], [1, 2]])
 
 
+def test_a_host_selected_reduced_matmul_precision_does_not_change_the_correspondences_and_is_restored():
+    depths, cameras, _ = scene(ROOM_CAMERAS)
+    exact = depth_correspondences(depths, cameras)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # as the official train.py / test.py (bf16 inputs where supported)
+    try:
+        assert torch.equal(depth_correspondences(depths, cameras), exact)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 def test_cameras_looking_the_same_way_are_neighbours_and_one_across_the_room_facing_back_is_not():
     depths, cameras, _ = scene([(0.0, (0.0, 0.0, -2.0)), (15.0, (0.3, 0.0, -1.8)), (180.0, (0.0, 0.0, 2.0))])
     overlap = depth_overlap(depths, cameras)
