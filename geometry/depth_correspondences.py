@@ -223,7 +223,9 @@ def in_between_frames(key_frames: Sequence[int], num_frames: int, max_between: i
 
     The official test path (the first ``Scannetdataset._get_consecutive_kfs_inp``, the one matching
     ``test_step``) uses ``interval = 20`` frame ids and no cap; the name is redefined further down by a training
-    sampler (key frames k and k+2, up to ``num_views - 2 = 10`` random in-betweens), which is what actually runs.
+    sampler, which is what actually runs: key frames 0 and 2 of the scene, up to ``num_views - 2 = 10`` valid frames
+    drawn at random (unsorted) from ``range(id0 + 1, id2 - 1)``, so a test run yields that one group per scene
+    (what issue #23 reports: "only the results between the first two key frames").
     Here the groups follow the test path, and in-betweens beyond ``max_between`` (the 10 of the 12-view model)
     are split into near-equal consecutive groups sharing the same two key frames, so every frame is covered.
     Frames before the first or after the last key frame belong to no group.
