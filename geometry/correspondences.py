@@ -4,7 +4,8 @@
 ``H_ij = K_j @ inv(R_j) @ R_i @ inv(K_i)`` (conventions in ``geometry/cameras.py``).
 
 Float32 is part of the contract (see the reference notes): the correspondence-aware attention turns these
-coordinates into positional encodings whose frequencies reach 2^79, so every bit counts. The functions here
+coordinates into positional encodings whose frequencies reach 2^79, so every bit counts (and matrix products
+run in IEEE float32 even when the host selected TF32 / bf16 ones: ``geometry/precision.py``). The functions here
 evaluate in float32 in the official operation order: ``torch.inverse`` of R and K, the four matrices multiplied
 left to right, then ``H @ [x, y, 1]^T`` over the integer pixel grid and ``xy = xyz[:2] / xyz[2:]``. Compute them
 on the CPU (bit-reproducible) and move the results; never recompute them in another precision.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .cameras import check_cameras, pixel_grid
+from .precision import ieee_float32_matmul
 
 __all__ = ["homographies", "apply_homography", "pixel_correspondences", "overlap_fraction", "overlap_neighbours"]
 
@@ -21,19 +23,22 @@ __all__ = ["homographies", "apply_homography", "pixel_correspondences", "overlap
 def homographies(K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """All pairwise homographies (m, m, 3, 3): ``H[i, j] = K_j @ inv(R_j) @ R_i @ inv(K_i)``, in K's dtype."""
     m = check_cameras(K, R)
-    K_inv, R_inv = torch.inverse(K), torch.inverse(R)
-    Kj, Rj_inv = K[None, :].expand(m, m, 3, 3), R_inv[None, :].expand(m, m, 3, 3)
-    Ri, Ki_inv = R[:, None].expand(m, m, 3, 3), K_inv[:, None].expand(m, m, 3, 3)
-    return Kj @ Rj_inv @ Ri @ Ki_inv
+    with ieee_float32_matmul():
+        K_inv, R_inv = torch.inverse(K), torch.inverse(R)
+        Kj, Rj_inv = K[None, :].expand(m, m, 3, 3), R_inv[None, :].expand(m, m, 3, 3)
+        Ri, Ki_inv = R[:, None].expand(m, m, 3, 3), K_inv[:, None].expand(m, m, 3, 3)
+        return Kj @ Rj_inv @ Ri @ Ki_inv
 
 
 def apply_homography(H: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map homogeneous points with homographies and dehomogenise.
 
     H: (..., 3, 3); points: (..., 3, N) homogeneous columns (batch dims broadcast) -> (..., N, 2).
-    Evaluated as one matrix product ``H @ points`` then ``xyz[:2] / xyz[2:]``, as the official code does.
+    Evaluated as one matrix product ``H @ points`` (IEEE float32 whatever the host's matmul precision) then
+    ``xyz[:2] / xyz[2:]``, as the official code does.
     """
-    xyz = H @ points
+    with ieee_float32_matmul():
+        xyz = H @ points
     return (xyz[..., :2, :] / xyz[..., 2:, :]).transpose(-1, -2)
 
 

@@ -30,15 +30,15 @@ inside) whose correspondence lies in ``[0, W) x [0, H)`` of view j; the official
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Sequence
 
 import torch
 
+from .precision import ieee_float32_matmul
 from .scene import SceneCameras
 
-__all__ = ["NO_DEPTH", "NEIGHBOUR_OVERLAP", "KEY_FRAME_OVERLAP", "ieee_float32_matmul", "pair_correspondences",
+__all__ = ["NO_DEPTH", "NEIGHBOUR_OVERLAP", "KEY_FRAME_OVERLAP", "pair_correspondences",
            "depth_correspondences", "overlap_ratios", "symmetric_overlap", "depth_overlap", "pair_overlap",
            "depth_neighbours", "views_without_overlap", "select_key_frames", "in_between_frames"]
 
@@ -55,30 +55,6 @@ def _check_depths(depths: torch.Tensor, cameras: SceneCameras) -> None:
     if depths.shape[0] != cameras.num_views or tuple(depths.shape[1:]) != (cameras.height, cameras.width):
         raise ValueError(f"depths of shape {tuple(depths.shape)} do not match {cameras.num_views} cameras of "
                          f"{cameras.height}x{cameras.width} images")
-
-
-@contextlib.contextmanager
-def ieee_float32_matmul():
-    """Within the block, float32 matrix products are plain IEEE float32 on the CPU and on CUDA (no TF32 / bf16
-    inputs), whatever precision the host selected; its settings are restored afterwards."""
-    backends = [getattr(b, "matmul", None) for b in (torch.backends.mkldnn, torch.backends.cuda)]
-    backends = [b for b in backends if b is not None and hasattr(b, "fp32_precision")]
-    if not backends:  # torch < 2.9: the legacy switch only
-        saved = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(saved)
-        return
-    saved = [b.fp32_precision for b in backends]
-    try:
-        for b in backends:
-            b.fp32_precision = "ieee"
-        yield
-    finally:
-        for b, precision in zip(backends, saved):
-            b.fp32_precision = precision
 
 
 def _project(depth: torch.Tensor, K_src: torch.Tensor, K_dst: torch.Tensor, pose_rel: torch.Tensor) -> torch.Tensor:

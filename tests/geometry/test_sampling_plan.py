@@ -145,3 +145,18 @@ def test_feature_map_sizes_that_do_not_divide_the_views_raise_value_errors(rig, 
     with pytest.raises(ValueError) as err:
         build_level_plan(rig, *size)
     assert message in str(err.value)
+
+
+def test_a_host_selected_reduced_matmul_precision_does_not_change_the_plan(rig):
+    # the official scripts select "medium" (bf16 inputs on CPUs with oneDNN, TF32 on Ampere GPUs); the plan is
+    # built from float32 homographies whose every bit reaches the positional encoding
+    exact = build_level_plan(rig, 16, 16)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        reduced = build_level_plan(rig, 16, 16)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    for field in ("grid", "valid", "displacement"):
+        assert torch.equal(getattr(reduced, field), getattr(exact, field)), field
