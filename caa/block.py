@@ -121,19 +121,21 @@ def sample_keys(x: torch.Tensor, plan) -> torch.Tensor:
     """Bilinear samples of the neighbours' maps for every key: x ((b m), C, h, w) -> (b, m, K, C, h, w).
 
     ``F.grid_sample`` with ``align_corners=True`` and zero padding at the plan's grid (official normalisation),
-    times the plan's 1-pixel-axis weights when present.
+    times the plan's 1-pixel-axis weights when present. Any plan with ``neighbours`` (m, n) and ``grid``
+    (m, K, h, w, 2), K a multiple of n (9 keys per neighbour in the pano plan, 1 in the depth plan).
     """
     b = check_features(x, plan)
-    m, K = plan.num_views, plan.num_keys
+    m, K = plan.num_views, plan.grid.shape[1]
     C, h, w = x.shape[1:]
     xv = x.reshape(b, m, C, h, w)
-    src = plan.neighbours.repeat_interleave(9, dim=1)  # (m, K) view sampled by each key
+    src = plan.neighbours.repeat_interleave(K // plan.neighbours.shape[1], dim=1)  # (m, K) view sampled by each key
     feats = xv[:, src.reshape(-1)].reshape(b * m * K, C, h, w)
     grid = plan.grid.to(x.device, x.dtype).reshape(1, m * K, h, w, 2).expand(b, m * K, h, w, 2).reshape(b * m * K, h, w, 2)
     out = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     out = out.reshape(b, m, K, C, h, w)
-    if plan.sample_weight is not None:
-        out = out * plan.sample_weight.to(x.device, x.dtype)[None, :, :, None]
+    weight = getattr(plan, "sample_weight", None)
+    if weight is not None:
+        out = out * weight.to(x.device, x.dtype)[None, :, :, None]
     return out
 
 

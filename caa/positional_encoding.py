@@ -33,11 +33,15 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.register_buffer("freq_bands", frequency_bands(num_freqs).to(device))
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def bands(self) -> torch.Tensor:
+        """The frequency buffer (1, 1, N), checked to be float32."""
         if self.freq_bands.dtype != torch.float32:
             raise RuntimeError("CAA positional-encoding frequencies must stay float32 (they reach 2^79, "
                                f"far beyond {self.freq_bands.dtype}); do not cast the CAA blocks' buffers")
-        return positional_encoding(v, self.freq_bands)
+        return self.freq_bands
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return positional_encoding(v, self.bands())
 
     def _apply(self, fn, *args, **kwargs):
         # keep the frequency buffer float32 when the module is cast (.half(), .to(dtype)); devices still move
