@@ -256,3 +256,32 @@ def test_the_frequency_buffer_stays_float32_when_the_block_is_cast(randomised):
     with torch.no_grad():
         out = block(features(3, 64, 4, 4).to(torch.bfloat16), make_plan([[1], [0, 2], [1]], 4, 4))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_plans_built_from_real_depths_and_poses_drive_the_block_like_the_per_view_loop(randomised):
+    # the builder (geometry) and the block (caa) agree on the plan: three cameras sliding along a flat wall 2 m
+    # away, correspondences from the depths and poses, neighbours by overlap, every level of 64x64 views
+    from comfyui_mvdiffusion.geometry.depth_correspondences import (depth_correspondences, depth_neighbours,
+                                                                     depth_overlap)
+    from comfyui_mvdiffusion.geometry.depth_plan import build_depth_level_plan
+    from comfyui_mvdiffusion.geometry.scene import SceneCameras
+
+    size, f = 64, 40.0
+    K = torch.tensor([[f, 0.0, (size - 1) / 2], [0.0, f, (size - 1) / 2], [0.0, 0.0, 1.0]]).expand(3, 3, 3)
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 0, 3] = torch.tensor([0.0, 0.3, 0.6])  # 0.3 m steps sideways
+    cameras = SceneCameras(K.clone(), c2w, size, size)
+    depths = torch.full((3, size, size), 2.0)
+    depths[2, :8] = 0.0  # a strip without depth
+    corr = depth_correspondences(depths, cameras)
+    neighbours = depth_neighbours(depth_overlap(depths, cameras))
+    assert neighbours == ((1, 2), (0, 2), (0, 1))
+    block = randomised(DepthCorrespondenceAttention(320).eval(), seed=5)
+    for h in (8, 4, 2):
+        plan = build_depth_level_plan(corr, depths, neighbours, h, h)
+        assert plan.valid.any() and (h < 8 or not plan.valid.all())  # the depth-less strip shows at level 0
+        x = features(6, 320, h, h, seed=h)
+        with torch.no_grad():
+            out, oracle = block(x, plan), per_view_loop(block, x, plan)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, oracle, rtol=1e-5, atol=1e-5)
