@@ -1,9 +1,10 @@
 """The main job: a headless ComfyUI with this pack runs ``workflows/text_to_panorama.json`` (or
-``DEMO_WORKFLOW=image_to_panorama``) through its HTTP API and writes the equirectangular panorama (and the 8
-views) to ``output/``.
+``DEMO_WORKFLOW=image_to_panorama`` / ``text_to_full_panorama``) through its HTTP API and writes the
+equirectangular panorama (and the 8 views) to ``output/``.
 
-Real weights: put the official ``pano.ckpt`` (``pano_outpaint.ckpt`` for image_to_panorama) into
-``models/mvdiffusion/`` (this repository's ``models/`` folder; see the README for the download page). The photo
+Real weights: put the official ``pano.ckpt`` (``pano_outpaint.ckpt`` for image_to_panorama, both for
+text_to_full_panorama) into ``models/mvdiffusion/`` (this repository's ``models/`` folder; see the README for the
+download page). The photo
 of image_to_panorama is ``DEMO_PHOTO`` (a path), by default a view cut from the street panorama in
 ``tests/fixtures/panoramas/``. Without real weights, ``DEMO_RANDOM_WEIGHTS=1`` synthesises a random checkpoint
 in the official layout and runs the same graph at 64-px views with 2 steps, to prove the whole graph runs.
@@ -11,6 +12,7 @@ in the official layout and runs the same graph at 64-px views with 2 steps, to p
     make demo                                                    # real weights
     DEMO_RANDOM_WEIGHTS=1 make demo                              # random weights, small
     DEMO_WORKFLOW=image_to_panorama DEMO_RANDOM_WEIGHTS=1 make demo
+    DEMO_WORKFLOW=text_to_full_panorama DEMO_RANDOM_WEIGHTS=1 make demo
 """
 from __future__ import annotations
 
@@ -30,8 +32,14 @@ REPO = comfy_host.REPO
 MODELS = REPO / "models"
 OUTPUT = REPO / "output"
 WORKFLOWS = REPO / "workflows"
-# workflow -> (the official checkpoint it loads, its kind in official_layouts)
-CHECKPOINTS = {"text_to_panorama": ("pano.ckpt", "pano"), "image_to_panorama": ("pano_outpaint.ckpt", "pano_outpaint")}
+# workflow -> the official checkpoints it loads: (file name, its kind in official_layouts)
+CHECKPOINTS = {"text_to_panorama": [("pano.ckpt", "pano")],
+               "image_to_panorama": [("pano_outpaint.ckpt", "pano_outpaint")],
+               "text_to_full_panorama": [("pano.ckpt", "pano"), ("pano_outpaint.ckpt", "pano_outpaint")]}
+# the random-weights run: 64-px views, 2 steps, a 1024x512 panorama, a short orbit (node -> inputs)
+SMALL = {"MVDiffusionPanoramaCameras": dict(width=64, height=64),
+         "MVDiffusionSphereCameras": dict(width=64, height=64), "MVDiffusionKSampler": dict(steps=2), "MVDiffusionEquirectStitch": dict(width=1024, height=512),
+         "MVDiffusionPanoramaOrbit": dict(frames=24, width=256, height=256)}
 STREET = REPO / "tests" / "fixtures" / "panoramas" / "street_2048x1024.jpg"
 OFFICIAL = "https://github.com/Tangshitao/MVDiffusion#model-zoo"
 PANO_DROPBOX = "https://www.dropbox.com/scl/fi/yx9e0lj4fwtm9xh2wlhhg/pano.ckpt?rlkey=kowqygw7vt64r3maijk8klfl0&dl=0"
@@ -43,7 +51,7 @@ OUTPAINT_DROPBOX = ("https://www.dropbox.com/scl/fi/3mtj06qx6mxt4eme1oz2r/pano_o
 CONVERT_COMMAND = ".venv/bin/python scripts/convert.py models/mvdiffusion/pano.ckpt"
 
 
-def missing_weights_message(name: str = "pano.ckpt") -> str:
+def missing_weights_message(name: str = "pano.ckpt", workflow: str = "text_to_panorama") -> str:
     what = {"pano.ckpt": ("panorama model", PANO_DROPBOX),
             "pano_outpaint.ckpt": ("panorama outpainting model", OUTPAINT_DROPBOX)}[name]
     return (f"No MVDiffusion weights: {MODELS / 'mvdiffusion' / name} does not exist.\n\n"
@@ -58,7 +66,7 @@ def missing_weights_message(name: str = "pano.ckpt") -> str:
             "plus the CAA weights converted from pano.ckpt:\n"
             f"    {CONVERT_COMMAND}\n\n"
             "To check that the whole graph runs without any real weights: "
-            + ("" if name == "pano.ckpt" else "DEMO_WORKFLOW=image_to_panorama ") + "DEMO_RANDOM_WEIGHTS=1 make demo")
+            + (f"DEMO_WORKFLOW={workflow} " if workflow != "text_to_panorama" else "") + "DEMO_RANDOM_WEIGHTS=1 make demo")
 
 
 def prepare_random_models(base_models: Path, name: str = "pano.ckpt", kind: str = "pano") -> None:
@@ -115,20 +123,22 @@ def main(argv=None) -> int:
         names = ", ".join(sorted(p.stem for p in WORKFLOWS.glob("*.json")))
         print(f"[demo] no workflow {args.workflow} (DEMO_WORKFLOW is one of: {names})", file=sys.stderr)
         return 2
-    ckpt_name, kind = CHECKPOINTS.get(args.workflow.stem, (None, None))
+    checkpoints = CHECKPOINTS.get(args.workflow.stem, [])
     OUTPUT.mkdir(exist_ok=True)
 
     if random_weights_mode:
         base = comfy_host.cache_dir() / "demo-random"
         (base / "models").mkdir(parents=True, exist_ok=True)
-        prepare_random_models(base / "models", ckpt_name or "pano.ckpt", kind or "pano")
+        for ckpt_name, kind in checkpoints or [("pano.ckpt", "pano")]:
+            prepare_random_models(base / "models", ckpt_name, kind)
         models = None
     else:
         for sub in ("checkpoints", "mvdiffusion"):
             (MODELS / sub).mkdir(parents=True, exist_ok=True)
-        if ckpt_name and not (MODELS / "mvdiffusion" / ckpt_name).exists():
-            print(missing_weights_message(ckpt_name), file=sys.stderr)
-            return 2
+        for ckpt_name, _ in checkpoints:
+            if not (MODELS / "mvdiffusion" / ckpt_name).exists():
+                print(missing_weights_message(ckpt_name, args.workflow.stem), file=sys.stderr)
+                return 2
         base = comfy_host.cache_dir() / "demo-base"
         models = MODELS
     if args.workflow.stem == "image_to_panorama":
@@ -141,9 +151,9 @@ def main(argv=None) -> int:
     with ComfyServer(base, output=OUTPUT) as server:
         prompt = ui_to_api(workflow, server.object_info())
         if random_weights_mode:
-            prompt = set_inputs(prompt, "MVDiffusionPanoramaCameras", width=64, height=64)
-            prompt = set_inputs(prompt, "MVDiffusionKSampler", steps=2)
-            prompt = set_inputs(prompt, "MVDiffusionEquirectStitch", width=1024, height=512)
+            for node, values in SMALL.items():
+                if any(n["class_type"] == node for n in prompt.values()):
+                    prompt = set_inputs(prompt, node, **values)
         print(f"[demo] running {args.workflow.name} (server log: {server.log_path})", flush=True)
         start = time.time()
         entry = server.run(prompt, timeout=args.timeout)

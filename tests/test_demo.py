@@ -32,4 +32,18 @@ def test_an_unknown_demo_workflow_is_refused_with_the_workflows_there_are(repo, 
     monkeypatch.setenv("DEMO_WORKFLOW", "text_to_video")
     assert demo.main([]) == 2
     err = capsys.readouterr().err
-    assert "no workflow" in err and "image_to_panorama, text_to_panorama, text_to_panorama_sd2" in err
+    assert "no workflow" in err
+    assert "image_to_panorama, text_to_full_panorama, text_to_panorama, text_to_panorama_sd2" in err
+
+
+def test_the_full_panorama_demo_names_each_missing_checkpoint_in_turn(repo, monkeypatch, capsys):
+    monkeypatch.setenv("DEMO_WORKFLOW", "text_to_full_panorama")
+    assert demo.main([]) == 2
+    err = capsys.readouterr().err
+    assert f"{repo / 'models' / 'mvdiffusion' / 'pano.ckpt'} does not exist" in err
+    assert "DEMO_WORKFLOW=text_to_full_panorama DEMO_RANDOM_WEIGHTS=1 make demo" in err
+    (repo / "models" / "mvdiffusion" / "pano.ckpt").write_bytes(b"")  # the first one there, the second missing
+    assert demo.main([]) == 2
+    err = capsys.readouterr().err
+    assert f"{repo / 'models' / 'mvdiffusion' / 'pano_outpaint.ckpt'} does not exist" in err
+    assert demo.OUTPAINT_DROPBOX in err
