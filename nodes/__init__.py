@@ -9,11 +9,13 @@ from .panorama_tools import PanoramaConsistency, PanoramaOrbit, PanoramaView, Pr
 from .png_prompt import PromptFromImage
 from .prompts import PanoramaPrompts
 from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
+from .scenes import DepthCorrespondences, LoadSceneFrames, SavePointCloud, SceneFromTensors, SelectKeyFrames
 
 NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, SphereCameras, EmptyPanoramaLatent, PanoramaPrompts,
          ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews,
          PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage,
-         PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama, PreviewPanorama]
+         PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama, PreviewPanorama,
+         LoadSceneFrames, SceneFromTensors, SelectKeyFrames, DepthCorrespondences, SavePointCloud]
 
 
 class MVDiffusionExtension(ComfyExtension):

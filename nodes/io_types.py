@@ -7,3 +7,7 @@ Cameras = io.Custom("MVDIFFUSION_CAMERAS")
 CAA = io.Custom("MVDIFFUSION_CAA")
 
 CATEGORY = "MVDiffusion"
+# a scenes.SceneFrames: depth maps (metres), cameras (K, camera-to-world, OpenCV axes), optional colour, names
+Scene = io.Custom("MVDIFFUSION_SCENE")
+# a scenes.SceneCorrespondences: the frames, overlap matrix, neighbour lists and depth level plans of their size
+DepthScene = io.Custom("MVDIFFUSION_DEPTH_CORRESPONDENCES")

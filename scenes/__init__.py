@@ -7,6 +7,8 @@ their checks, one file per input format reads it: ScanNet (``scannet.py``), nerf
 ``transforms.json`` (``nerfstudio.py``), COLMAP text models with dense depth (``colmap.py``), and tensors in
 memory (``tensors.py``).
 """
+from .correspondences import SceneCorrespondences, scene_correspondences
+from .formats import DEFAULT_DEPTH_SCALE, SCENE_FORMATS, detect_scene_format, load_scene_frames, parse_poses
 from .colmap import load_colmap, read_colmap_cameras, read_colmap_depth, read_colmap_images
 from .frames import (SceneFrames, check_depth_units, check_intrinsics_size, check_principal_point,
                      frames_without_depth, nearest_indices, resize_depths, resize_images)
@@ -21,4 +23,6 @@ __all__ = [
     "load_nerfstudio", "read_transforms",
     "load_colmap", "read_colmap_cameras", "read_colmap_images", "read_colmap_depth",
     "POSE_KINDS", "c2w_from_pose_kind", "frames_from_tensors",
+    "SCENE_FORMATS", "DEFAULT_DEPTH_SCALE", "detect_scene_format", "load_scene_frames", "parse_poses",
+    "SceneCorrespondences", "scene_correspondences",
 ]
