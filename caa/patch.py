@@ -58,6 +58,10 @@ class MultiViewError(ValueError):
         super().__init__(f"MVDiffusion: {message}")
 
 
+# allocator slack of the reference block's estimate (reference_peak_bytes)
+REFERENCE_SLACK = 16 << 20
+
+
 def reference_peak_bytes(rows: int, views: int, keys: int, channels: int, height: int, width: int,
                          element_size: int) -> int:
     """Peak working memory of the reference block (``caa/block.py``) on ``rows`` feature maps of C x h x w
@@ -70,7 +74,7 @@ def reference_peak_bytes(rows: int, views: int, keys: int, channels: int, height
     queries' size (rows C h w) and 16 MiB of allocator slack (without it, a 600 MiB block's peak varied
     between 540 and 607 MiB, 2 MiB above the count, in fresh processes)."""
     e = rows * keys * channels * height * width
-    return 6 * e * element_size + 4 * (e * views // rows) + 4 * (e // keys) * element_size + (16 << 20)
+    return 6 * e * element_size + 4 * (e * views // rows) + 4 * (e // keys) * element_size + REFERENCE_SLACK
 
 
 class MultiViewPatch:

@@ -190,7 +190,11 @@ def test_pip_installing_the_pack_gives_the_mvdiffusion_convert_command(tmp_path)
 
     source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info next to pyproject.toml
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "__init__.py", "caa", "geometry", "nodes"):
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    folders = sorted({name.split(".")[1] for name in packages if "." in name})  # the pack's top-level packages
+    for name in ("pyproject.toml", "README.md", "LICENSE", "__init__.py", *folders):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                             if (ROOT / name).is_dir() else {}))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_mvdiffusion.caa.blockset import CAASet
-from comfyui_mvdiffusion.caa.patch import MultiViewError, MultiViewPatch, reference_peak_bytes
+from comfyui_mvdiffusion.caa.patch import REFERENCE_SLACK, MultiViewError, MultiViewPatch, reference_peak_bytes
 from comfyui_mvdiffusion.caa.placement import Site
 from comfyui_mvdiffusion.geometry import pano_rig
 
@@ -98,6 +98,6 @@ def test_the_reference_blocks_memory_estimate_matches_its_measured_peak(rows, si
 def test_the_reference_estimate_grows_with_the_views_the_keys_and_the_map():
     patch = small_patch()
     patch.implementation = "reference"
-    one = patch.extra_memory(8, 4)
-    assert patch.extra_memory(16, 4) > 1.9 * one  # twice the latent rows
-    assert one == reference_peak_bytes(16, 8, 18, 320, 8, 8, 4)  # cond + uncond rows at the 8x8 latent
+    one = patch.extra_memory(8, 4) - REFERENCE_SLACK  # what grows with the shapes
+    assert patch.extra_memory(16, 4) - REFERENCE_SLACK > 1.9 * one  # twice the latent rows
+    assert one + REFERENCE_SLACK == reference_peak_bytes(16, 8, 18, 320, 8, 8, 4)  # cond + uncond rows, 8x8 latent
