@@ -116,3 +116,17 @@ def test_bad_rows_are_refused_with_the_syntax(text, message):
 def test_a_bad_poles_choice_is_refused():
     with pytest.raises(ValueError, match="poles must be one of both, up, down, none"):
         sphere_rig(poles="top")
+
+
+def test_the_overlap_psnr_of_sphere_views_cut_from_a_real_panorama_is_high_for_pole_and_ring_pairs(street):
+    # views cut from one real panorama agree where they overlap, pole-ring pairs included; the same views with the
+    # poles swapped do not (negative control)
+    from comfyui_mvdiffusion.geometry import equirect_to_views, overlap_psnr
+
+    rig = sphere_rig(8, 90.0, 96, 96)
+    views = equirect_to_views(street(1024), rig.K, rig.R, 96, 96)[0]  # (10, 3, 96, 96)
+    pairs = [(8, j) for j in range(8)] + [(9, j) for j in range(8)]
+    good = overlap_psnr(views, rig.K, rig.R, pairs)
+    swapped = overlap_psnr(views[[0, 1, 2, 3, 4, 5, 6, 7, 9, 8]], rig.K, rig.R, pairs)
+    assert float(good.per_pair.min()) > 25.0
+    assert float(swapped.per_pair.max()) < float(good.per_pair.min()) - 5.0
