@@ -17,7 +17,7 @@ import torch
 from .cameras import check_cameras, pixel_grid
 from .precision import ieee_float32_matmul
 
-__all__ = ["homographies", "apply_homography", "pixel_correspondences", "overlap_fraction", "overlap_neighbours"]
+__all__ = ["homographies", "apply_homography", "homogeneous_product", "dehomogenise", "pixel_correspondences", "overlap_fraction", "overlap_neighbours"]
 
 
 def homographies(K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -34,11 +34,21 @@ def apply_homography(H: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map homogeneous points with homographies and dehomogenise.
 
     H: (..., 3, 3); points: (..., 3, N) homogeneous columns (batch dims broadcast) -> (..., N, 2).
-    Evaluated as one matrix product ``H @ points`` (IEEE float32 whatever the host's matmul precision) then
-    ``xyz[:2] / xyz[2:]``, as the official code does.
+    Evaluated as one matrix product ``H @ points`` (:func:`homogeneous_product`) then ``xyz[:2] / xyz[2:]``
+    (:func:`dehomogenise`), as the official code does.
     """
+    return dehomogenise(homogeneous_product(H, points))
+
+
+def homogeneous_product(H: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``H @ points`` (..., 3, N) in IEEE float32 whatever the host's matmul precision; row 2 is the points'
+    depth in the target camera (up to a positive factor)."""
     with ieee_float32_matmul():
-        xyz = H @ points
+        return H @ points
+
+
+def dehomogenise(xyz: torch.Tensor) -> torch.Tensor:
+    """Homogeneous columns (..., 3, N) -> (..., N, 2): ``xyz[:2] / xyz[2:]``, transposed."""
     return (xyz[..., :2, :] / xyz[..., 2:, :]).transpose(-1, -2)
 
 

@@ -42,8 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from .cameras import Rig, pixel_grid
-from .correspondences import apply_homography, homographies
-from .precision import ieee_float32_matmul
+from .correspondences import apply_homography, dehomogenise, homogeneous_product, homographies
 
 __all__ = ["LevelPlan", "OFFSETS", "build_level_plan", "level_plan", "unet_level_sizes"]
 
@@ -126,10 +125,10 @@ def build_level_plan(rig: Rig, height: int, width: int) -> LevelPlan:
 
     # 2. correspondences of the query pixels, in key-map pixels
     pts = q_grid.reshape(-1, 3).T.expand(m * n, 3, h * w)
-    corr = apply_homography(H_fwd, pts).reshape(m * n, h, w, 2)
+    xyz = homogeneous_product(H_fwd, pts)
+    corr = dehomogenise(xyz).reshape(m * n, h, w, 2)
     corr = corr / s_k - 0.5
-    with ieee_float32_matmul():
-        ahead = ((H_fwd[:, 2:] @ pts) > 0).reshape(m * n, 1, h, w)  # the query ray's depth in view j
+    ahead = (xyz[:, 2] > 0).reshape(m * n, 1, h, w)  # the query ray's depth in view j
 
     # 3.-4. the 9 offsets
     grids, img_pts, weights = [], [], []

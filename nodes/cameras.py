@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..geometry.cameras import pano_rig
 from ..geometry.correspondences import overlap_fraction
 from ..geometry.sphere import POLES, parse_rows, pole_fov_for_full_sphere, sphere_coverage, sphere_rig
-from .io_types import CATEGORY, Cameras
+from .io_types import CATEGORY, Cameras, named
 
 
 TRAINED_ON_RING = ("The released MVDiffusion weights were trained on the 8-view ring of 90° views: other rigs "
@@ -43,10 +43,8 @@ class PanoramaCameras(io.ComfyNode):
 
     @classmethod
     def execute(cls, views, fov, pitch, width, height, yaw_offset) -> io.NodeOutput:
-        try:
+        with named("Panorama Cameras"):
             rig = pano_rig(views, fov, height, width, pitch, yaw_offset)
-        except ValueError as e:
-            raise ValueError(f"Panorama Cameras: {e}") from None
         frac = overlap_fraction(rig.K, rig.R, height, width)
         if float(frac[0, 1]) <= 0.0:
             raise ValueError(f"Panorama Cameras: {views} views of {fov:g}° are {360 / views:g}° apart and do not "
@@ -96,11 +94,9 @@ class SphereCameras(io.ComfyNode):
     def execute(cls, ring_views, ring_fov, poles, pole_fov, rows, width, height, min_overlap,
                 max_neighbours) -> io.NodeOutput:
         node = "Sphere Cameras"
-        try:
+        with named(node):
             rig = sphere_rig(ring_views, ring_fov, height, width, pole_fov, poles, parse_rows(rows), min_overlap,
                              max_neighbours or None)
-        except ValueError as e:
-            raise ValueError(f"{node}: {e}") from None
         coverage = sphere_coverage(rig) if poles == "both" else 1.0
         if coverage < 1.0:
             hint = ""

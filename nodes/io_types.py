@@ -1,4 +1,6 @@
-"""The pack's custom socket types (shared by all node files)."""
+"""What all node files share: the pack's custom socket types, the category, and node-named errors."""
+from contextlib import contextmanager
+
 from comfy_api.latest import io
 
 # a geometry.Rig: the cameras of the views (sizes, yaw/pitch/fov, neighbour lists)
@@ -11,3 +13,12 @@ CATEGORY = "MVDiffusion"
 Scene = io.Custom("MVDIFFUSION_SCENE")
 # a scenes.SceneCorrespondences: the frames, overlap matrix, neighbour lists and depth level plans of their size
 DepthScene = io.Custom("MVDIFFUSION_DEPTH_CORRESPONDENCES")
+
+
+@contextmanager
+def named(node: str):
+    """Re-raise a ValueError of the libraries with the node's display name in front."""
+    try:
+        yield
+    except ValueError as err:
+        raise ValueError(f"{node}: {err}") from None

@@ -13,7 +13,7 @@ from ..geometry.cameras import intrinsics, rotation
 from ..geometry.equirect import equirect_to_views
 from ..geometry.metrics import overlap_psnr
 from ..geometry.photosphere import gpano_fields, gpano_xmp
-from .io_types import CATEGORY, Cameras
+from .io_types import CATEGORY, Cameras, named
 
 
 def save_images(images: torch.Tensor, directory: str, prefix: str, extension: str, write) -> list[tuple[str, str]]:
@@ -36,11 +36,9 @@ def perspective(node: str, panorama: torch.Tensor, yaws, pitch: float, fov: floa
     """Perspective views (B * len(yaws), height, width, C) of equirectangular IMAGEs, in panorama order then yaw."""
     if panorama.ndim != 4:
         raise ValueError(f"{node}: expected an IMAGE batch, got shape {tuple(panorama.shape)}")
-    try:
+    with named(node):
         K = torch.stack([intrinsics(fov, height, width)] * len(yaws))
         R = torch.stack([rotation(y, pitch) for y in yaws])
-    except ValueError as e:
-        raise ValueError(f"{node}: {e}") from None
     pano = panorama.permute(0, 3, 1, 2).float()
     views = equirect_to_views(pano, K.to(pano.device), R.to(pano.device), height, width)  # (B, n, C, h, w)
     b, n, c = views.shape[:3]
@@ -165,10 +163,8 @@ class SavePanorama(io.ComfyNode):
         from PIL import PngImagePlugin
 
         h, w = panorama.shape[1:3]
-        try:
+        with named("Save Panorama"):
             xmp = gpano_xmp(gpano_fields(w, h, full_sphere))
-        except ValueError as e:
-            raise ValueError(f"Save Panorama: {e}") from None
         def write(pixels, path: str) -> None:
             if format == "jpeg":
                 pixels.save(path, quality=quality, xmp=xmp)

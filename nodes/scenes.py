@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,19 +16,10 @@ from ..geometry.depth_correspondences import (KEY_FRAME_OVERLAP, NEIGHBOUR_OVERL
 from ..geometry import pointcloud
 from ..scenes import (POSE_KINDS, SCENE_FORMATS, frames_from_tensors, load_scene_frames, parse_poses,
                       resize_images, scene_correspondences)
-from .io_types import CATEGORY, DepthScene, Scene
+from .io_types import CATEGORY, DepthScene, Scene, named
 from .scene_previews import depth_preview, overlap_image
 
 PREVIEW_SIDE = 64  # the overlap heat map of Select Key Frames is measured on frames at most this many pixels wide
-
-
-@contextmanager
-def named(node: str):
-    """Re-raise a ValueError of the libraries with the node's name in front."""
-    try:
-        yield
-    except ValueError as err:
-        raise ValueError(f"{node}: {err}") from None
 
 
 def input_path(text: str) -> Path:
