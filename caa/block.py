@@ -173,6 +173,14 @@ class CorrespondenceAttention(nn.Module):
         out = self.transformer(query, kv.reshape(-1, K, C), self.query_pe().to(x.dtype), present)
         return like(x, out.reshape(b, m, h, w, C).permute(0, 1, 4, 2, 3).reshape(b * m, C, h, w))
 
+    @torch.no_grad()
+    def zero_(self) -> "CorrespondenceAttention":
+        """The official initialisation of the output layers (to_out, ff.net.2 zero): the block is the identity."""
+        for layer in (self.transformer.attn1.to_out, self.transformer.ff.net[2]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        return self
+
 
 def like(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``values`` in a tensor with exactly ``x``'s memory layout (strides).

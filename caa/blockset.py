@@ -17,7 +17,8 @@ from .block import CorrespondenceAttention
 __all__ = ["CAASet", "SD2_WIDTHS", "widths_from_state_dict"]
 
 SD2_WIDTHS = {"encoder": [320, 640, 1280, 1280], "mid": 1280, "decoder": [1280, 1280, 640, 320]}
-_WIDTH_KEY = re.compile(r"^cp_blocks_(encoder\.(\d+)|mid|decoder\.(\d+))\.transformer\.attn1\.to_q\.weight$")
+# the pano CPAttn keys (cp_blocks_*.transformer...) and the depth CPBlock keys (cp_blocks_*.attn1.transformer...)
+_WIDTH_KEY = re.compile(r"^cp_blocks_(encoder\.(\d+)|mid|decoder\.(\d+))\.(?:attn1\.)?transformer\.attn1\.to_q\.weight$")
 
 
 def widths_from_state_dict(sd: dict) -> dict:
@@ -46,7 +47,10 @@ def widths_from_state_dict(sd: dict) -> dict:
 
 
 class CAASet(nn.Module):
-    """The 2L + 1 CAA blocks of a UNet with L levels (widths per level; SD2: :data:`SD2_WIDTHS`)."""
+    """The 2L + 1 CAA blocks of a UNet with L levels (widths per level; SD2: :data:`SD2_WIDTHS`), of
+    ``block_class`` (the pano ``CPAttn``; ``caa/depth_blockset.py`` uses the depth ``CPBlock``)."""
+
+    block_class = CorrespondenceAttention
 
     def __init__(self, encoder_widths=SD2_WIDTHS["encoder"], mid_width=SD2_WIDTHS["mid"],
                  decoder_widths=SD2_WIDTHS["decoder"], operations=nn, device=None, dtype=None):
@@ -54,7 +58,7 @@ class CAASet(nn.Module):
         if len(encoder_widths) != len(decoder_widths):
             raise ValueError(f"a UNet has as many up levels as down levels: got encoder widths {list(encoder_widths)}"
                              f" and decoder widths {list(decoder_widths)}")
-        make = lambda w: CorrespondenceAttention(int(w), operations, device, dtype)  # noqa: E731
+        make = lambda w: self.block_class(int(w), operations, device, dtype)  # noqa: E731
         self.cp_blocks_encoder = nn.ModuleList(make(w) for w in encoder_widths)
         self.cp_blocks_mid = make(mid_width)
         self.cp_blocks_decoder = nn.ModuleList(make(w) for w in decoder_widths)
@@ -71,10 +75,15 @@ class CAASet(nn.Module):
     @classmethod
     def from_state_dict(cls, sd: dict, operations=nn, device=None, dtype=None) -> "CAASet":
         """Build a set shaped like ``sd`` and load it strictly (freq_bands stay float32)."""
-        widths = widths_from_state_dict(sd)
-        caa = cls(widths["encoder"], widths["mid"], widths["decoder"], operations, device, dtype)
+        caa = cls(**cls.shape_of(sd), operations=operations, device=device, dtype=dtype)
         caa.load_state_dict(sd, strict=True)
         return caa
+
+    @classmethod
+    def shape_of(cls, sd: dict) -> dict:
+        """The constructor's size arguments for a state dict shaped like ``sd``."""
+        widths = widths_from_state_dict(sd)
+        return {"encoder_widths": widths["encoder"], "mid_width": widths["mid"], "decoder_widths": widths["decoder"]}
 
     def named_blocks(self):
         """``("encoder", k, block)``, ``("mid", 0, block)``, ``("decoder", k, block)`` in UNet order."""
@@ -86,9 +95,7 @@ class CAASet(nn.Module):
 
     @torch.no_grad()
     def zero_(self) -> "CAASet":
-        """The official initialisation of the output layers (to_out, ff.net.2 zero): every block is identity."""
+        """The official initialisation of the output layers: every block is the exact identity."""
         for _, _, block in self.named_blocks():
-            for layer in (block.transformer.attn1.to_out, block.transformer.ff.net[2]):
-                layer.weight.zero_()
-                layer.bias.zero_()
+            block.zero_()
         return self

@@ -144,6 +144,10 @@ class DepthCPBlock(nn.Module):
         self.attn1 = DepthCorrespondenceAttention(dim, operations, device, dtype)
         self.resnet = ResNetBlock(dim, operations, device, dtype)
 
+    @property
+    def dim(self) -> int:
+        return self.attn1.dim
+
     def forward(self, x: torch.Tensor, plan) -> torch.Tensor:
         """x ((b m), C, h, w), plan: DepthLevelPlan of the level -> ((b m), C, h, w) in x's memory layout.
 

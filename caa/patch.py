@@ -41,7 +41,7 @@ from .layers import module_at, wrap_layer
 from .placement import Site, check_sites, unet_sites
 from .run_cache import CAA_WORK_BYTES, PE_CACHE_BYTES, RunCache, pe_candidates, pe_selection
 
-__all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "reference_peak_bytes"]
+__all__ = ["MultiViewError", "MultiViewPatch", "patch_model", "install", "reference_peak_bytes"]
 
 WRAPPER_KEY = "mvdiffusion"
 # comfy.patcher_extension.WrappersMP / CallbacksMP names
@@ -87,6 +87,8 @@ class MultiViewPatch:
     between runs).
     """
 
+    keys_per_neighbour = 9  # the attention's keys per query pixel and neighbour (3x3 around the correspondence)
+
     def __init__(self, caa, rig: Rig, sites: list[Site], weights=None, implementation: str = "fast",
                  free_memory=None):
         if implementation not in IMPLEMENTATIONS:
@@ -110,6 +112,12 @@ class MultiViewPatch:
         site = self._encoder.get(block[1])
         return h if site is None else self.run(site, h)
 
+    mvdiffusion_patch = True  # tells this pack's block patches apart from other packs' (install())
+
+    def block_patches(self) -> dict:
+        """Host block patches besides the encoder blocks' (none for the panorama model)."""
+        return {}
+
     def hook(self, site: Site):
         return functools.partial(self.run, site)
 
@@ -128,14 +136,20 @@ class MultiViewPatch:
                 "cropped the latent (area conditioning, Deep Shrink, a different image size); "
                 "MVDiffusion needs every view whole at the cameras' size")
         self.check_grouping(h.shape[0], None)
-        # outside a sampling run (a direct UNet call), the geometry is built for this call only
-        cache = self.run_cache or RunCache(self.rig, self.sites, self.level_sizes, self.free_memory)
+        return self.forward_block(site, h, self.run_cache or self.new_run_cache())
+
+    def forward_block(self, site: Site, h: torch.Tensor, cache: RunCache) -> torch.Tensor:
+        """The site's block on features whose size and grouping were checked, with the run's cache."""
         block = self.block(site)
         if self.implementation == "reference":
             return block(h, cache.plan(site.level, h.device, h.dtype))
         return fast_forward(block, h, cache.plan(site.level), cache.folded_weights(block, h.device, h.dtype),
                             cache.work_bytes(h.device), pe=cache.positional_encodings(site, block, h.device, h.dtype),
                             taps=cache.device_taps(site.level, h.device, h.dtype))
+
+    def new_run_cache(self) -> RunCache:
+        """A cache for everything a run builds (outside a sampling run: for one direct UNet call)."""
+        return RunCache(self.rig, self.sites, self.level_sizes, self.free_memory)
 
     # ---- how the host grouped the batch (diffusion_model wrapper) ---------------------------------------------
     def check_grouping(self, rows: int, cond_or_uncond) -> None:
@@ -172,7 +186,7 @@ class MultiViewPatch:
 
     def begin_run(self) -> RunCache:
         """Start a run: a fresh cache for everything the run builds (until :meth:`end_run`)."""
-        self.run_cache = RunCache(self.rig, self.sites, self.level_sizes, self.free_memory)
+        self.run_cache = self.new_run_cache()
         return self.run_cache
 
     def end_run(self, *args) -> None:
@@ -230,7 +244,7 @@ class MultiViewPatch:
         rows = 2 * latent_batch
         (h, w), width = self.level_sizes[0], max(s.width for s in self.sites if s.level == 0)
         if self.implementation == "reference":
-            keys = 9 * self.rig.max_neighbours
+            keys = self.keys_per_neighbour * self.rig.max_neighbours
             return max(reference_peak_bytes(rows, self.rig.num_views, keys, s.width, *self.level_sizes[s.level],
                                             element_size) for s in self.sites)
         # the fast path: copies of the biggest level's features (rows, centred rows, result), its query-chunk
@@ -288,13 +302,22 @@ def patch_model(model_patcher, caa, rig: Rig, weights=None, implementation: str 
     clone = model_patcher.clone()
     sites = unet_sites(clone.get_model_object("diffusion_model"))
     check_sites(sites, caa.widths)
-    patch = MultiViewPatch(caa, rig, sites, weights, implementation, free_memory)
+    return install(clone, MultiViewPatch(caa, rig, sites, weights, implementation, free_memory))
 
+
+def install(clone, patch: MultiViewPatch):
+    """Put ``patch`` on the ModelPatcher ``clone`` (replacing any earlier MVDiffusion patch on it): its encoder
+    blocks, layer copies, wrappers and callbacks, and the extra block patches it declares (``block_patches()``:
+    ``{patch kind: callable}`` for the host's ``set_model_patch``). Returns ``clone``."""
     transformer_options = clone.model_options.setdefault("transformer_options", {})
     patches = transformer_options.setdefault("patches", {})
-    previous = patches.get("input_block_patch_after_skip", [])
-    patches["input_block_patch_after_skip"] = [p for p in previous if not isinstance(p, MultiViewPatch)]
+    extra = patch.block_patches()
+    for kind in ("input_block_patch_after_skip", *extra):
+        patches[kind] = [p for p in patches.get(kind, [])  # bound methods: their instance tells
+                         if not getattr(getattr(p, "__self__", p), "mvdiffusion_patch", False)]
     clone.set_model_input_block_patch_after_skip(patch)
+    for kind, function in extra.items():
+        clone.set_model_patch(function, kind)
     patch.apply_layer_patches(clone)
     for kind, wrapper in ((OUTER_SAMPLE, patch.outer_sample), (PREPARE_SAMPLING, patch.prepare_sampling),
                           (DIFFUSION_MODEL, patch.diffusion_model)):

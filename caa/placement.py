@@ -19,9 +19,9 @@ For SD2 that is input blocks 2, 5, 8, 11; ``middle_block.0``; ``output_blocks.{2
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["Site", "unet_sites", "check_sites"]
+__all__ = ["Site", "unet_sites", "depth_sites", "condition_sites", "check_sites"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,29 @@ def unet_sites(diffusion_model, prefix: str = "diffusion_model.") -> list[Site]:
     if len(up_ids) + 1 != levels:
         raise ValueError(f"this UNet has {levels} down levels but {len(up_ids) + 1} up levels")
     return sites
+
+
+def depth_sites(diffusion_model, prefix: str = "diffusion_model.") -> list[Site]:
+    """The sites of the depth model (official ``src/models/depth/MVDepthModel.py``): those of
+    :func:`unet_sites` except the mid block's, which runs after the WHOLE mid block (its last layer)."""
+    sites = unet_sites(diffusion_model, prefix)
+    last = len(diffusion_model.middle_block) - 1
+    if last < 1:
+        raise ValueError("this UNet's mid block has a single layer: the depth model needs an SD2-style mid block")
+    return [replace(s, target=f"{prefix}middle_block.{last}") if s.kind == "mid" else s for s in sites]
+
+
+def condition_sites(diffusion_model, prefix: str = "diffusion_model.") -> tuple[list[int], str, list[int]]:
+    """Where the depth model's key-frame condition is added (``caa/condition.py``), in ComfyUI's terms:
+    ``(input block ids, mid layer, output block ids)``. Down level k's input is the output of input block
+    ``ids[k]`` (``conv_in`` for k = 0, then each ``Downsample``): the host's ``input_block_patch`` sees it before
+    it is pushed as a skip, as the official in-place add requires. The mid block's input is the input of its
+    first layer. Up level k's input is what output block ``ids[k]`` receives (``output_block_patch``)."""
+    unet_sites(diffusion_model, prefix)  # the same checks
+    inputs, outputs = diffusion_model.input_blocks, diffusion_model.output_blocks
+    down = [0] + [i for i, block in enumerate(inputs) if "Downsample" in _class_names(block[0])]
+    up = [0] + [i + 1 for i, block in enumerate(outputs) if "Upsample" in _class_names(block[-1])]
+    return down, f"{prefix}middle_block.0", up
 
 
 def check_sites(sites: list[Site], widths: dict) -> None:

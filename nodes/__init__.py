@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .cameras import EmptyPanoramaLatent, PanoramaCameras, SphereCameras
+from .depth import ApplyMVDiffusionDepth, DepthConditioning, KeyFrameConditioning
 from .equirect import EquirectangularStitch, EquirectangularToViews
 from .loaders import LoadCAAWeights, LoadMVDiffusionCheckpoint
 from .outpaint import OutpaintConditioning, PartialPanorama, PasteKnownPixels, PlacePhoto
@@ -15,7 +16,8 @@ NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, SphereCamer
          ApplyMVDiffusion, MVDiffusionKSampler, EquirectangularStitch, EquirectangularToViews,
          PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage,
          PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama, PreviewPanorama,
-         LoadSceneFrames, SceneFromTensors, SelectKeyFrames, DepthCorrespondences, SavePointCloud]
+         LoadSceneFrames, SceneFromTensors, SelectKeyFrames, DepthCorrespondences, SavePointCloud,
+         DepthConditioning, ApplyMVDiffusionDepth, KeyFrameConditioning]
 
 
 class MVDiffusionExtension(ComfyExtension):

@@ -13,6 +13,8 @@ CATEGORY = "MVDiffusion"
 Scene = io.Custom("MVDIFFUSION_SCENE")
 # a scenes.SceneCorrespondences: the frames, overlap matrix, neighbour lists and depth level plans of their size
 DepthScene = io.Custom("MVDIFFUSION_DEPTH_CORRESPONDENCES")
+# a nodes.depth.KeyFrameLatents: key frames' latents and their places among the frames of a group
+KeyFrames = io.Custom("MVDIFFUSION_KEY_FRAMES")
 
 
 @contextmanager

@@ -31,6 +31,9 @@ def check_model_kind(model, caa) -> None:
     """Refuse CAA weights trained for another kind of UNet (pano CAA on an inpainting UNet, outpaint CAA on
     SD2-base): they would run but their attention was trained on other features."""
     kind = caa.info.get("kind", "pano")
+    if getattr(caa, "is_depth", False):
+        raise ValueError(f"these are the depth model's weights ({caa.info.get('source', '?')}): use 'Apply "
+                         "MVDiffusion (Depth)' with Depth Correspondences")
     if kind not in UNET_INPUTS:
         return
     want, which = UNET_INPUTS[kind]

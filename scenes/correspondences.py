@@ -36,6 +36,19 @@ class SceneCorrespondences:
     def num_views(self) -> int:
         return self.frames.num_frames
 
+    @property
+    def height(self) -> int:
+        return self.frames.height
+
+    @property
+    def width(self) -> int:
+        return self.frames.width
+
+    @property
+    def max_neighbours(self) -> int:
+        """The longest neighbour list (the depth attention's keys per query pixel)."""
+        return max((len(nb) for nb in self.neighbours), default=0)
+
     def report(self) -> str:
         """A few lines for the user: neighbours per view, the fallbacks used, frames without depth."""
         names = self.frames.names
