@@ -10,6 +10,7 @@ from .panorama_tools import PanoramaConsistency, PanoramaOrbit, PanoramaView, Pr
 from .png_prompt import PromptFromImage
 from .prompts import PanoramaPrompts
 from .sampling import ApplyMVDiffusion, MVDiffusionKSampler
+from .scene_sampling import InBetweenFrames
 from .scenes import DepthCorrespondences, LoadSceneFrames, SavePointCloud, SceneFromTensors, SelectKeyFrames
 
 NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, SphereCameras, EmptyPanoramaLatent, PanoramaPrompts,
@@ -17,7 +18,7 @@ NODES = [LoadMVDiffusionCheckpoint, LoadCAAWeights, PanoramaCameras, SphereCamer
          PlacePhoto, PartialPanorama, OutpaintConditioning, PasteKnownPixels, PromptFromImage,
          PanoramaView, PanoramaOrbit, PanoramaConsistency, SavePanorama, PreviewPanorama,
          LoadSceneFrames, SceneFromTensors, SelectKeyFrames, DepthCorrespondences, SavePointCloud,
-         DepthConditioning, ApplyMVDiffusionDepth, KeyFrameConditioning]
+         DepthConditioning, ApplyMVDiffusionDepth, KeyFrameConditioning, InBetweenFrames]
 
 
 class MVDiffusionExtension(ComfyExtension):

@@ -96,3 +96,44 @@ def zero_caa(comfy, caa):
 def install(comfy):
     """install(src, folder, name=None) -> name: link a model file into the in-process host's models/<folder>."""
     return lambda src, folder, name=None: install_model(comfy, src, folder, name)
+
+
+@pytest.fixture(scope="session")
+def depth_model(comfy):
+    """A random SD2-depth test UNet (5 input channels) in ComfyUI's SD20 class, as a depth model (no inpainting
+    concat: its 5th channel comes from Depth Conditioning)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD20(random_weights.test_unet_config(in_channels=5))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    random_weights.init_parameters(model.diffusion_model, seed=5)
+    model.concat_keys = ()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+@pytest.fixture(scope="session")
+def make_depth_caa(comfy):
+    """make(zero=False, seed=7) -> random depth CAA (CPBlocks and condition encoders) for the test UNet, as
+    DepthCAAWeights; ``zero``: the official zero init (every block and encoder adds exactly nothing)."""
+
+    def make(zero: bool = False, seed: int = 7):
+        sets = comfy.module("caa.depth_blockset")
+        w = random_weights.test_unet_widths()
+        base = w["encoder"][0]
+        condition = {"base": base, "down": [base] + w["encoder"][:-1], "up": [w["mid"]] + w["decoder"][:-1]}
+        caa = sets.DepthCAASet(w["encoder"], w["mid"], w["decoder"], condition)
+        random_weights.init_parameters(caa, seed)
+        if zero:
+            caa.zero_()
+        info = {"kind": "depth", "source": "random depth CAA"}
+        return comfy.module("nodes.caa_weights").DepthCAAWeights(caa.state_dict(), info)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def depth_caa(make_depth_caa):
+    return make_depth_caa()

@@ -5,54 +5,15 @@ sideways, 128 px (UNet levels 16, 8, 4, 2)."""
 from __future__ import annotations
 
 import json
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import random_weights  # noqa: E402
 
 pytestmark = pytest.mark.host
 
 SIZE = 128
 SHIFTS = (0.0, 0.3, 0.6)  # metres, in front of a wall 2 m away: neighbours overlap
-
-
-@pytest.fixture(scope="module")
-def depth_model(comfy):
-    """A random SD2-depth test UNet in ComfyUI's SD20 class, made a depth model as the loader makes one."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = comfy.supported_models.SD20(random_weights.test_unet_config(in_channels=5))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    random_weights.init_parameters(model.diffusion_model, seed=5)
-    model.concat_keys = ()
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-
-
-def depth_weights(comfy, zero: bool = False, seed: int = 7):
-    """Random depth CAA (cp blocks and condition encoders) for the test UNet, as DepthCAAWeights."""
-    sets = comfy.module("caa.depth_blockset")
-    w = random_weights.test_unet_widths()
-    base = w["encoder"][0]
-    condition = {"base": base, "down": [base] + w["encoder"][:-1], "up": [w["mid"]] + w["decoder"][:-1]}
-    caa = sets.DepthCAASet(w["encoder"], w["mid"], w["decoder"], condition)
-    random_weights.init_parameters(caa, seed)
-    if zero:
-        caa.zero_()
-    info = {"kind": "depth", "source": "random depth CAA"}
-    return comfy.module("nodes.caa_weights").DepthCAAWeights(caa.state_dict(), info)
-
-
-@pytest.fixture(scope="module")
-def caa(comfy):
-    return depth_weights(comfy)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +54,10 @@ def test_depth_conditioning_carries_the_normalised_inverse_depth_and_an_empty_la
     assert conditioned.latent["samples"].shape == (3, 4, SIZE // 8, SIZE // 8)
 
 
-def test_zero_initialised_depth_caa_and_condition_encoders_leave_the_host_sampler_exact(comfy, graph, sd2, depth_model,
-                                                                                      scene, conditioned):
-    zero = depth_weights(comfy, zero=True)
+def test_zero_initialised_depth_caa_and_condition_encoders_leave_the_host_sampler_exact(graph, sd2, depth_model,
+                                                                                      make_depth_caa, scene,
+                                                                                      conditioned):
+    zero = make_depth_caa(zero=True)
     keys = graph.run("MVDiffusionKeyFrameConditioning", vae=sd2.vae, images=torch.rand(2, SIZE, SIZE, 3),
                      correspondences=scene, positions="first,last")[0]
     (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=zero, correspondences=scene,
@@ -103,10 +65,10 @@ def test_zero_initialised_depth_caa_and_condition_encoders_leave_the_host_sample
     assert torch.equal(sample(graph, patched, conditioned), sample(graph, depth_model, conditioned))
 
 
-def test_random_depth_caa_changes_every_view_and_leaves_the_input_model_untouched(graph, depth_model, caa, scene,
+def test_random_depth_caa_changes_every_view_and_leaves_the_input_model_untouched(graph, depth_model, depth_caa, scene,
                                                                                  conditioned):
     before = dict(depth_model.object_patches)
-    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=caa, correspondences=scene)
+    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=depth_caa, correspondences=scene)
     plain, out = sample(graph, depth_model, conditioned), sample(graph, patched, conditioned)
     assert torch.isfinite(out).all()
     for view in range(3):
@@ -118,13 +80,13 @@ def test_random_depth_caa_changes_every_view_and_leaves_the_input_model_untouche
 
 
 def test_the_key_frame_condition_is_added_to_each_level_input_and_into_the_pushed_skips(comfy, graph, sd2, depth_model,
-                                                                                       caa, scene, conditioned):
+                                                                                       depth_caa, scene, conditioned):
     """The official adds the condition in place on tensors already pushed as skips: the skip the decoder pops
     last (conv_in's) must be conv_in(x) + c_down[0], and up level 0's input mid + c_up[0]."""
     vae = sd2.vae
     keys = graph.run("MVDiffusionKeyFrameConditioning", vae=vae, images=torch.rand(2, SIZE, SIZE, 3),
                      correspondences=scene, positions="first,last")[0]
-    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=caa, correspondences=scene,
+    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=depth_caa, correspondences=scene,
                            key_frames=keys)
     unet = depth_model.model.diffusion_model
     seen = {}
@@ -145,7 +107,7 @@ def test_the_key_frame_condition_is_added_to_each_level_input_and_into_the_pushe
         handle.remove()
         handle_mid.remove()
     condition = keys.condition(depth_model)
-    down, up = caa.caa.condition(condition)
+    down, up = depth_caa.caa.condition(condition)
     last = len(unet.output_blocks) - 1
     assert torch.allclose(seen[last][1], seen["conv_in"] + down[0].repeat(seen["conv_in"].shape[0] // 3, 1, 1, 1),
                           atol=1e-5)
@@ -156,8 +118,8 @@ def test_the_key_frame_condition_is_added_to_each_level_input_and_into_the_pushe
 
 
 def test_a_sampling_run_without_depth_conditioning_is_refused_with_what_to_connect(comfy, graph, sd2, depth_model,
-                                                                                   caa, scene, conditioned):
-    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=caa, correspondences=scene)
+                                                                                   depth_caa, scene, conditioned):
+    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=depth_caa, correspondences=scene)
     with torch.inference_mode():
         (plain,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "a kitchen")
     with pytest.raises(ValueError, match="Depth Conditioning"):
@@ -165,16 +127,16 @@ def test_a_sampling_run_without_depth_conditioning_is_refused_with_what_to_conne
 
 
 def test_apply_depth_refuses_panorama_weights_a_4_channel_model_and_a_checkpoint_without_blocks(comfy, graph, sd2,
-                                                                                               depth_model, caa,
+                                                                                               depth_model, depth_caa,
                                                                                                scene):
     pano = comfy.module("nodes.caa_weights")
     with pytest.raises(ValueError, match=r"Apply MVDiffusion \(Depth\): .*SD2-depth UNet"):
-        graph.run("MVDiffusionApplyDepth", model=sd2.model, caa=caa, correspondences=scene)
+        graph.run("MVDiffusionApplyDepth", model=sd2.model, caa=depth_caa, correspondences=scene)
     with pytest.raises(ValueError, match="has no CAA blocks"):
         graph.run("MVDiffusionApplyDepth", model=depth_model, caa=pano.NoCAA({"source": "depth_single_view.ckpt"}),
                   correspondences=scene)
     with pytest.raises(ValueError, match="Apply MVDiffusion: .*Apply MVDiffusion \\(Depth\\)"):
-        graph.run("MVDiffusionApply", model=depth_model, caa=caa,
+        graph.run("MVDiffusionApply", model=depth_model, caa=depth_caa,
                   cameras=graph.run("MVDiffusionPanoramaCameras", views=4, fov=100.0, pitch=0.0, width=SIZE,
                                     height=SIZE, yaw_offset=0.0)[0])
 
