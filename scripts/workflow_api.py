@@ -24,8 +24,10 @@ def declared_inputs(info: dict) -> list[tuple[str, list]]:
 
 
 def is_widget(spec) -> bool:
+    """A widget in the UI (a value in widgets_values), not a socket; forceInput makes a widget type a socket."""
     kind = spec[0]
-    return isinstance(kind, list) or kind in WIDGET_TYPES
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
 
 
 def has_control_widget(name: str, spec) -> bool:
@@ -101,26 +103,24 @@ class UIGraph:
         widgets, sockets = [], []
         for name, spec in declared_inputs(info):
             value = inputs.pop(name, None)
+            link = None
+            if is_widget(spec) and isinstance(value, Output):
+                # a widget fed by a link: a socket that names its widget, which keeps its default value
+                link, value = value, None
             if is_widget(spec):
-                if isinstance(value, Output):
-                    raise ValueError(f"{kind}.{name} is a widget; give it a value")
                 if value is None:
                     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
                     value = options.get("default", spec[0][0] if isinstance(spec[0], list) else None)
                 widgets.append(value)
                 if has_control_widget(name, spec):
                     widgets.append("fixed")
+                if link is not None:
+                    sockets.append(self._link(link, node_id, len(sockets), name, spec[0]))
+                    sockets[-1]["widget"] = {"name": name}
             else:
-                socket = {"name": name, "type": spec[0], "link": None}
-                if value is not None:
-                    link_id = len(self.links) + 1
-                    origin = self.nodes[value.node_id - 1]
-                    self.links.append([link_id, value.node_id, value.slot, node_id, len(sockets), spec[0]])
-                    origin["outputs"][value.slot]["links"].append(link_id)
-                    socket["link"] = link_id
-                elif name in (info.get("input", {}).get("required") or {}):
+                if value is None and name in (info.get("input", {}).get("required") or {}):
                     raise ValueError(f"{kind}: required input {name!r} is not connected")
-                sockets.append(socket)
+                sockets.append(self._link(value, node_id, len(sockets), name, spec[0]))
         if inputs:
             raise ValueError(f"{kind} has no inputs {sorted(inputs)}")
         outputs = [{"name": name, "type": kind_, "links": [], "slot_index": i}
@@ -133,6 +133,16 @@ class UIGraph:
             node["title"] = title
         self.nodes.append(node)
         return NodeRef(node_id)
+
+    def _link(self, value, node_id: int, slot: int, name: str, kind: str) -> dict:
+        """The input socket ``slot`` of node ``node_id``, linked to ``value`` (an Output) unless it is None."""
+        socket = {"name": name, "type": kind, "link": None}
+        if value is not None:
+            link_id = len(self.links) + 1
+            self.links.append([link_id, value.node_id, value.slot, node_id, slot, kind])
+            self.nodes[value.node_id - 1]["outputs"][value.slot]["links"].append(link_id)
+            socket["link"] = link_id
+        return socket
 
     def note(self, pos, text: str, size=(420, 160)) -> None:
         node_id = len(self.nodes) + 1
