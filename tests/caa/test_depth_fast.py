@@ -119,18 +119,16 @@ def test_half_precision_stays_close_to_float32(dtype, randomised):
     assert relative_error(out.float(), half_ref.float(), x) < 0.05
 
 
-def test_a_query_whose_keys_are_all_invalid_attends_only_to_the_norm1_bias_key(randomised, all_keys_invalid):
-    block = depth_block(64, randomised, seed=6)
-    plan = make_plan([[1, 2], [0], [0, 1]], 4, 4)
-    valid = plan.valid.clone()
-    valid[0, :, 2, 3] = False  # view 0, query pixel (x=3, y=2): both keys invalid (but still in the softmax)
-    plan = dataclasses.replace(plan, valid=valid)
-    x = features(3, 64, 4, 4)
+def test_queries_whose_keys_are_all_invalid_attend_only_to_the_norm1_bias_key(randomised, all_keys_invalid):
+    block = depth_block(640, randomised, seed=6)
+    plan = make_plan(LISTS, 3, 4, seed=6)
+    plan = dataclasses.replace(plan, valid=plan.valid.clone().index_fill_(2, torch.tensor([1]), False))
+    x = features(12, 640, 3, 4, seed=6)  # row 1 of every view: every key invalid (but still in the softmax)
     with torch.no_grad():
-        out = depth_fast_forward(block, x, plan)
-        expected = all_keys_invalid(block.transformer, x[0, :, 2, 3])
-        ref = block(x, plan)
-    assert torch.allclose(out[0, :, 2, 3], expected, atol=1e-5, rtol=1e-5)
+        out, ref = depth_fast_forward(block, x, plan), block(x, plan)
+        for view, column in ((0, 0), (5, 3), (11, 2)):
+            expected = all_keys_invalid(block.transformer, x[view, :, 1, column])
+            assert torch.allclose(out[view, :, 1, column], expected, atol=1e-5, rtol=1e-5)
     assert relative_error(out, ref, x) <= 1e-4
 
 
