@@ -208,10 +208,12 @@ class _KeyGather:
             self.buf = torch.empty(key_chunk * self.K, channels, device=device, dtype=dtype)
             self.crow = torch.arange(0, 4 * key_chunk * self.K + 1, 4, device=device)
 
-    def __call__(self, table: torch.Tensor, c: int, e: int) -> torch.Tensor:
+    def __call__(self, table: torch.Tensor, c: int, e: int, offset: int = 0) -> torch.Tensor:
+        """``offset``: the first row of the group in ``table`` (the maps of every group, one after the other)."""
         K, taps = self.K, self.taps
         rows = (e - c) * K
         index, weight = taps.index[c * K:e * K], taps.weight[c * K:e * K]
+        index = index + offset if offset else index
         if not self.sparse:
             d = F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
             return d.add_(self.encode(c, e, None))
@@ -285,15 +287,10 @@ def attend_rows(x: torch.Tensor, W: FoldedWeights, taps: DeviceTaps, encode, que
     # projections and feed-forward: ~16 C floats per row (q, values, hidden, GEGLU 8 C + 4 C)
     row_chunk = max(1, min(M, MAX_ROW_CHUNK, max_bytes // (16 * C * max(x.element_size(), 4))))
     row_chunk = max(key_chunk, row_chunk // key_chunk * key_chunk)
-    # the features as rows (group, view, pixel) -> C, one 2-D transpose per view (the host's blocked transpose
-    # kernel; strided row gathers are slow, above all on a busy CPU). The rows also receive the block's output.
-    hw = h * w
-    views = x.reshape(groups, -1, C, hw)
-    rows = torch.empty(groups, M, C, device=dev, dtype=dtype)
-    rows_by_view = rows.reshape(groups, -1, hw, C)
-    for g in range(groups):
-        for v in range(views.shape[1]):
-            rows_by_view[g, v].copy_(views[g, v].t())
+    # the features as rows (group, view, pixel) -> C, one batched transpose (no loop over groups or views); the
+    # rows also receive the block's output
+    rows = torch.empty(groups * M, C, device=dev, dtype=dtype)
+    rows.view(x.shape[0], h, w, C).copy_(x.permute(0, 2, 3, 1))
     # row-centred copy: a bilinear sample of it is the sample minus its channel mean
     centred = torch.sub(rows, rows.mean(dim=-1, keepdim=True))
     # buffers reused by every chunk (fresh big allocations cost page faults on CPUs)
@@ -302,42 +299,42 @@ def attend_rows(x: torch.Tensor, W: FoldedWeights, taps: DeviceTaps, encode, que
     q_heads, values = new(heads, row_chunk, HEAD_DIM), new(row_chunk, heads, HEAD_DIM)
     r_buf, z_buf, v_buf = new(heads, key_chunk, C), new(key_chunk, heads, C), new(heads, key_chunk, HEAD_DIM)
     keys = _KeyGather(taps, encode, key_chunk, C, dev, dtype)
-    for g in range(groups):
-        table = centred[g]
-        for a in range(0, M, row_chunk):
-            b = min(M, a + row_chunk)
-            xq = rows[g, a:b]
-            query = torch.add(xq, query_pe(a, b), out=hidden_buf[:b - a])
-            q = torch.mm(F.layer_norm(query, (C,), *W.norm1, W.eps), W.wq.t(), out=q_buf[:b - a])
-            q = q.reshape(b - a, heads, HEAD_DIM)
-            q_bias = (q * W.bk).sum(dim=-1, dtype=torch.float32).mul_(scale)[:, :, None]  # (n, H, 1): q_h · (W_k β)_h
-            q_heads[:, :b - a].copy_(q.transpose(0, 1))  # head-major for the per-head products
-            for c in range(a, b, key_chunk):
-                e = min(b, c + key_chunk)
-                n = e - c
-                # centred keys d_k = kv_k - mean(kv_k): 4-tap samples of the centred map + centred pe
-                d = keys(table, c, e).reshape(n, K, C)
-                var = torch.linalg.vector_norm(d, dim=-1, dtype=torch.float32).square_().div_(C)
-                coef = taps.valid[c:e] * torch.rsqrt(var.add_(W.eps))  # (n, K) float32: c_k
-                # (n, H, C): r_h = W̃_k,hᵀ q_h
-                r = torch.bmm(q_heads[:, c - a:e - a], W.wk, out=r_buf[:, :n]).transpose(0, 1)
-                logits = torch.bmm(r, d.transpose(1, 2)).float()  # (n, H, K): r_h · d_k
-                logits = torch.addcmul(q_bias[c - a:e - a], logits, (coef * scale)[:, None, :])
-                if taps.absent is not None:  # padding keys take no part in the softmax
-                    logits.add_(taps.absent[c:e, None, :])
-                attn = torch.softmax(logits, dim=-1).mul_(coef[:, None, :])  # a_hk c_k
-                z = torch.bmm(attn.to(dtype), d, out=z_buf[:n])  # (n, H, C): Σ_k a_hk c_k d_k
-                # W̃_v,h z_h (into a contiguous buffer: a strided `out` is much slower, above all on a busy CPU)
-                values[c - a:e - a] = torch.bmm(z.transpose(0, 1), wv_t, out=v_buf[:, :n]).transpose(0, 1)
-            hidden = torch.addmm(W.bo, values[:b - a].reshape(b - a, C).add_(bv), W.wo.t(),
-                                 out=hidden_buf[:b - a]).add_(xq)
-            ff = torch.addmm(W.b1, F.layer_norm(hidden, (C,), *W.norm2, W.eps2), W.w1.t(), out=ff_buf[:b - a])
-            gated = ff[:, :4 * C].mul_(torch.ops.aten.gelu_(ff[:, 4 * C:]))  # GEGLU: x * gelu(gate)
-            torch.addmm(W.b2, gated, W.w2.t(), out=xq).add_(hidden)  # the rows [a, b) are not read again
-    result = torch.empty_like(x)
-    out_views = result.reshape(groups, -1, C, hw) if result.is_contiguous() else torch.empty_like(views)
-    for g in range(groups):
-        for v in range(views.shape[1]):
-            out_views[g, v].copy_(rows_by_view[g, v].t())
-    return result if out_views.data_ptr() == result.data_ptr() else like(x, out_views.reshape(x.shape))
+    # row chunks [a, b) of the groups' rows one after the other, never across two groups (the taps, encodings
+    # and query encodings are those of one group's rows [a - g M, b - g M)); no loop over groups or views
+    bounds, a = [], 0
+    while a < groups * M:
+        bounds.append((a, min(a + row_chunk, (a // M + 1) * M)))
+        a = bounds[-1][1]
+    for start, stop in bounds:
+        offset = start // M * M
+        a, b = start - offset, stop - offset
+        xq = rows[start:stop]
+        query = torch.add(xq, query_pe(a, b), out=hidden_buf[:b - a])
+        q = torch.mm(F.layer_norm(query, (C,), *W.norm1, W.eps), W.wq.t(), out=q_buf[:b - a])
+        q = q.reshape(b - a, heads, HEAD_DIM)
+        q_bias = (q * W.bk).sum(dim=-1, dtype=torch.float32).mul_(scale)[:, :, None]  # (n, H, 1): q_h · (W_k β)_h
+        q_heads[:, :b - a].copy_(q.transpose(0, 1))  # head-major for the per-head products
+        for c in range(a, b, key_chunk):
+            e = min(b, c + key_chunk)
+            n = e - c
+            # centred keys d_k = kv_k - mean(kv_k): 4-tap samples of the centred map + centred pe
+            d = keys(centred, c, e, offset).reshape(n, K, C)
+            var = torch.linalg.vector_norm(d, dim=-1, dtype=torch.float32).square_().div_(C)
+            coef = taps.valid[c:e] * torch.rsqrt(var.add_(W.eps))  # (n, K) float32: c_k
+            # (n, H, C): r_h = W̃_k,hᵀ q_h
+            r = torch.bmm(q_heads[:, c - a:e - a], W.wk, out=r_buf[:, :n]).transpose(0, 1)
+            logits = torch.bmm(r, d.transpose(1, 2)).float()  # (n, H, K): r_h · d_k
+            logits = torch.addcmul(q_bias[c - a:e - a], logits, (coef * scale)[:, None, :])
+            if taps.absent is not None:  # padding keys take no part in the softmax
+                logits.add_(taps.absent[c:e, None, :])
+            attn = torch.softmax(logits, dim=-1).mul_(coef[:, None, :])  # a_hk c_k
+            z = torch.bmm(attn.to(dtype), d, out=z_buf[:n])  # (n, H, C): Σ_k a_hk c_k d_k
+            # W̃_v,h z_h (into a contiguous buffer: a strided `out` is much slower, above all on a busy CPU)
+            values[c - a:e - a] = torch.bmm(z.transpose(0, 1), wv_t, out=v_buf[:, :n]).transpose(0, 1)
+        hidden = torch.addmm(W.bo, values[:b - a].reshape(b - a, C).add_(bv), W.wo.t(),
+                             out=hidden_buf[:b - a]).add_(xq)
+        ff = torch.addmm(W.b1, F.layer_norm(hidden, (C,), *W.norm2, W.eps2), W.w1.t(), out=ff_buf[:b - a])
+        gated = ff[:, :4 * C].mul_(torch.ops.aten.gelu_(ff[:, 4 * C:]))  # GEGLU: x * gelu(gate)
+        torch.addmm(W.b2, gated, W.w2.t(), out=xq).add_(hidden)  # the rows [a, b) are not read again
+    return like(x, rows.view(x.shape[0], h, w, C).permute(0, 3, 1, 2))
 
