@@ -221,12 +221,16 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--quick", action="store_true", help="smoke check: 192x256, 1 round, no JSON by default")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference path")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 gives per-core ratios "
+                        "that a busy shared CPU distorts less (OpenMP barriers stall when cores are taken)")
     parser.add_argument("--json", type=Path, help="write the raw numbers here (default: bench/results/...)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.repeats = ["192x256"], 1
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
     mm, _ = import_host(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine_line = machine(mm)
     load_before = load_average()
     log(f"{machine_line}; load average {load_before}")
@@ -236,7 +240,8 @@ def main(argv=None) -> int:
     args.load = f"{load_before} before, {load_average()} after the run"
     print(report(results, machine_line, args))
     path = args.json or (None if args.quick else
-                         RESULTS / f"depth-caa-{mm.get_torch_device().type}-{datetime.date.today().isoformat()}.json")
+                         RESULTS / f"depth-caa-{mm.get_torch_device().type}-{torch.get_num_threads()}threads-"
+                         f"{datetime.date.today().isoformat()}.json")
     if path is not None:
         path.write_text(json.dumps({"machine": machine_line, "load": args.load, "repeats": args.repeats,
                                     "views": args.views, "results": results}, indent=1))
