@@ -104,14 +104,30 @@ def load_average() -> str:
 
 
 # ---- models -----------------------------------------------------------------------------------------------
+def plain_unet(mm, seed: int = 0, dtype=torch.float32):
+    """ComfyUI's SD2-base UNet (detected as SD20) with random weights in a ModelPatcher on the host's device:
+    (patcher, number of UNet parameters)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.model_detection.model_config_from_unet_config(dict(SD2_BASE_UNET))
+    if not isinstance(config, comfy.supported_models.SD20):
+        raise RuntimeError(f"ComfyUI detects the SD2-base config as {type(config).__name__}, not SD20")
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({})
+    init_parameters(model.diffusion_model, seed)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return patcher, sum(p.numel() for p in model.diffusion_model.parameters())
+
+
 class Bench:
     """The UNet, the CAA blocks and the three configurations (ModelPatchers) for one view size."""
 
     def __init__(self, mm, pack, size: int, views: int, seed: int = 0, dtype=torch.float32):
-        import comfy.model_detection
         import comfy.model_patcher
         import comfy.ops
-        import comfy.supported_models
 
         from comfyui_mvdiffusion.caa.blockset import CAASet
         from comfyui_mvdiffusion.caa.patch import patch_model
@@ -120,14 +136,7 @@ class Bench:
         self.mm, self.size, self.views, self.dtype = mm, size, views, dtype
         self.device = mm.get_torch_device()
         offload = mm.unet_offload_device()
-        config = comfy.model_detection.model_config_from_unet_config(dict(SD2_BASE_UNET))
-        if not isinstance(config, comfy.supported_models.SD20):
-            raise RuntimeError(f"ComfyUI detects the SD2-base config as {type(config).__name__}, not SD20")
-        config.set_inference_dtype(dtype, None)
-        model = config.get_model({})
-        init_parameters(model.diffusion_model, seed)
-        self.unet_parameters = sum(p.numel() for p in model.diffusion_model.parameters())
-        self.plain = comfy.model_patcher.ModelPatcher(model, load_device=self.device, offload_device=offload)
+        self.plain, self.unet_parameters = plain_unet(mm, seed, dtype)
 
         self.caa = CAASet(operations=comfy.ops.manual_cast, dtype=dtype).eval()
         init_parameters(self.caa, seed + 1)

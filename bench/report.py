@@ -7,15 +7,10 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def report(results: list, machine_line: str, args) -> str:
-    lines = [f"Machine: {machine_line}; load average (1/5/15 min) {args.load}",
-             f"Model: SD2-base UNet in ComfyUI ({results[0]['unet_parameters'] / 1e6:.0f} M parameters, random "
-             f"weights, float32) + 9 CAA blocks ({results[0]['caa_parameters'] / 1e6:.0f} M), {args.views} views "
-             f"of a 90° pano ring, one forward of batch {args.views} (cond only); medians of {args.repeats} "
-             "interleaved rounds.", ""]
-    sizes = [r["size"] for r in results]
-    head = "| | " + " | ".join(f"{s} px" for s in sizes) + " |"
-    lines += [head, "|" + " --- |" * (len(sizes) + 1)]
+def table(lines: list, results: list, columns: list):
+    """Appends a markdown table's head (one column per result) to ``lines``; returns ``row(name, fn)``, which
+    appends the row of ``fn(result)`` ("–" where a number is missing)."""
+    lines += ["| | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
 
     def row(name, fn):
         cells = []
@@ -25,6 +20,17 @@ def report(results: list, machine_line: str, args) -> str:
             except (KeyError, ZeroDivisionError):
                 cells.append("–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    return row
+
+
+def report(results: list, machine_line: str, args) -> str:
+    lines = [f"Machine: {machine_line}; load average (1/5/15 min) {args.load}",
+             f"Model: SD2-base UNet in ComfyUI ({results[0]['unet_parameters'] / 1e6:.0f} M parameters, random "
+             f"weights, float32) + 9 CAA blocks ({results[0]['caa_parameters'] / 1e6:.0f} M), {args.views} views "
+             f"of a 90° pano ring, one forward of batch {args.views} (cond only); medians of {args.repeats} "
+             "interleaved rounds.", ""]
+    row = table(lines, results, [f"{r['size']} px" for r in results])
 
     row("UNet forward, plain", lambda r: f"{r['unet_plain_s']:.2f} s")
     row("UNet forward, CAA fast", lambda r: f"{r['unet_fast_s']:.2f} s")

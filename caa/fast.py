@@ -21,7 +21,7 @@ keys of views with fewer neighbours (general rigs) get a logit of −∞ and so 
 The centred keys ``d_k`` are built without a statistics pass: the channel mean is linear, so bilinear samples
 of the row-centred feature map plus the row-centred positional encoding are exactly ``kv_k - μ_k``; the
 variance is then one norm. The samples are one fused weighted gather of 4 taps per key (indices and float32
-weights from the level plan, once per run: the same arithmetic as ``grid_sample(align_corners=True)`` with zero
+weights from the level plan, once per run, ``caa/taps.py``: the same arithmetic as ``grid_sample(align_corners=True)`` with zero
 padding): on CPUs a sparse (CSR) matrix product added in place onto the encodings, elsewhere
 ``F.embedding_bag``. The positional encoding only depends on the plan, so the caller may precompute it once
 per run (:func:`centred_positional_encoding`; ``caa/patch.py`` caches it within a memory budget) and pass it
@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from .block import HEAD_DIM, check_features, like
+from .taps import DeviceTaps, TapPlan, device_taps, tap_plan
 
 __all__ = ["TapPlan", "tap_plan", "DeviceTaps", "device_taps", "FoldedWeights", "fold_weights", "fast_forward",
-           "bytes_per_query", "centred_positional_encoding", "pe_bytes"]
+           "attend_rows", "check_width", "check_encodings", "centre_rows", "bytes_per_query", "centred_positional_encoding", "pe_bytes"]
 
 # per-key work in chunks of at most this many bytes on CPUs (other devices use the whole working-memory budget):
 # big enough that the chunks' many small parallel ops do not stall a busy CPU (OpenMP barriers), no slower than
@@ -52,84 +53,6 @@ __all__ = ["TapPlan", "tap_plan", "DeviceTaps", "device_taps", "FoldedWeights", 
 CPU_KEY_CHUNK_BYTES = 64 << 20
 # rows per chunk of the query/output projections and the feed-forward (big enough for efficient matmuls)
 MAX_ROW_CHUNK = 1024
-
-
-@dataclass(frozen=True, eq=False)
-class TapPlan:
-    """Bilinear taps of every key of a level, for the flattened (view, y, x) query index q in [0, m h w).
-
-    index: (m h w, K, 4) int64 rows of the flattened (view, y, x) feature maps of one group;
-    weight: (m h w, K, 4) float32 (0 for taps outside the map, times the 1-pixel-axis factor);
-    valid: (m h w, K) float32 (1 valid, 0 invalid); displacement: (m h w, K, 2) float32;
-    absent: (m h w, K) float32, -inf for the padding keys (``LevelPlan.present`` False), else 0; None without
-    padding.
-    """
-
-    index: torch.Tensor
-    weight: torch.Tensor
-    valid: torch.Tensor
-    displacement: torch.Tensor
-    absent: torch.Tensor | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.index.shape[0]
-
-    @property
-    def num_keys(self) -> int:
-        return self.index.shape[1]
-
-
-def tap_plan(plan) -> TapPlan:
-    """Taps for a :class:`geometry.LevelPlan` (build them once per run: ``caa/run_cache.py``)."""
-    m, K, h, w = plan.valid.shape
-    dev = plan.grid.device
-    grid = plan.grid.float()
-    # grid_sample(align_corners=True) un-normalisation, in its float32 order
-    ix = ((grid[..., 0] + 1) / 2) * (w - 1)
-    iy = ((grid[..., 1] + 1) / 2) * (h - 1)
-    x0, y0 = torch.floor(ix), torch.floor(iy)
-    x1, y1 = x0 + 1, y0 + 1
-    taps = [(x0, y0, (x1 - ix) * (y1 - iy)), (x1, y0, (ix - x0) * (y1 - iy)),
-            (x0, y1, (x1 - ix) * (iy - y0)), (x1, y1, (ix - x0) * (iy - y0))]
-    src = plan.neighbours.to(dev).repeat_interleave(9, dim=1)[:, :, None, None]  # (m, K, 1, 1)
-    index, weight = [], []
-    for tx, ty, tw in taps:
-        inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
-        flat = src * (h * w) + ty.clamp(0, h - 1).long() * w + tx.clamp(0, w - 1).long()
-        index.append(flat)
-        weight.append(torch.where(inside, tw, torch.zeros_like(tw)))
-    index = torch.stack(index, dim=-1)  # (m, K, h, w, 4)
-    weight = torch.stack(weight, dim=-1)
-    if plan.sample_weight is not None:
-        weight = weight * plan.sample_weight.float()[..., None]
-
-    def rows(t):  # (m, K, h, w, ...) -> (m h w, K, ...)
-        return t.movedim(1, 3).reshape(m * h * w, K, *t.shape[4:]).contiguous()
-
-    absent = None
-    if plan.present is not None:
-        bias = torch.zeros(plan.present.shape, device=dev).masked_fill_(~plan.present.to(dev), float("-inf"))
-        absent = rows(bias[:, :, None, None].expand(m, K, h, w))
-    return TapPlan(rows(index), rows(weight), rows(plan.valid.float()), rows(plan.displacement.float()), absent)
-
-
-@dataclass(frozen=True, eq=False)
-class DeviceTaps:
-    """A :class:`TapPlan` on one device, in the layout :func:`fast_forward` uses."""
-
-    index: torch.Tensor  # (m h w K, 4) int64
-    weight: torch.Tensor  # (m h w K, 4) in the features' dtype
-    valid: torch.Tensor  # (m h w, K) float32
-    displacement: torch.Tensor  # (m h w, K, 2) float32
-    absent: torch.Tensor | None = None  # (m h w, K) float32: -inf for padding keys, else 0; or None
-
-
-def device_taps(taps: TapPlan, device: torch.device, dtype: torch.dtype) -> DeviceTaps:
-    """``taps`` on ``device`` with the weights in ``dtype``."""
-    return DeviceTaps(taps.index.reshape(-1, 4).to(device), taps.weight.reshape(-1, 4).to(device, dtype),
-                       taps.valid.to(device), taps.displacement.to(device),
-                       None if taps.absent is None else taps.absent.to(device))
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,12 +134,22 @@ def _centred_pe(displacement: torch.Tensor, freq: torch.Tensor, dtype: torch.dty
     halves = pe.reshape(n, 2, 2 * N)
     torch.sin(enc, out=halves[:, 0])
     torch.cos(enc, out=halves[:, 1])
+    return centre_rows(pe, dtype, out)
+
+
+def centre_rows(pe: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """float32 encodings (rows, C) minus their channel means, in ``dtype`` (into ``out`` when given)."""
     pe -= pe.mean(dim=-1, keepdim=True)
     if out is None:
         return pe.to(dtype)
-    if pe is not out:
-        out.copy_(pe)
-    return out
+    return out if pe is out else out.copy_(pe)
+
+
+def check_encodings(pe: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device) -> None:
+    """Refuses precomputed key encodings that do not fit the level (``shape``) and the features."""
+    if pe is not None and (tuple(pe.shape) != shape or pe.dtype != dtype or pe.device != device):
+        raise ValueError(f"precomputed key encodings of shape {tuple(pe.shape)} ({pe.dtype}, {pe.device}) "
+                         f"do not fit this level: expected {shape} ({dtype}, {device})")
 
 
 def centred_positional_encoding(plan, freq: torch.Tensor, device, dtype, chunk_rows: int = 4096,
@@ -260,30 +193,32 @@ def _sparse_gather_works(device_type: str, dtype: torch.dtype) -> bool:
 class _KeyGather:
     """The centred keys of query rows [c, e) of one group: (e - c) K rows of C, in a reused buffer on CPUs.
 
-    On CPUs (float32/float64) the 4-tap samples are one sparse (CSR, 4 entries a row) matrix product added in
-    place onto the positional encodings (``addmm``), so no big tensor is allocated per chunk (fresh
-    allocations of a few MB page-fault on every chunk). Elsewhere: ``F.embedding_bag`` plus the encodings.
+    ``encode(c, e, out)``: the centred positional encodings of the keys of query rows [c, e), ((e - c) K, C) in
+    the features' dtype, written into ``out`` when it is given and can take them. On CPUs (float32/float64)
+    the 4-tap samples are one sparse (CSR, 4 entries a row) matrix product added in place onto the encodings
+    (``addmm``), so no big tensor is allocated per chunk (fresh allocations of a few MB page-fault on every
+    chunk). Elsewhere: ``F.embedding_bag`` plus the encodings.
     """
 
-    def __init__(self, taps: DeviceTaps, pe, freq, key_chunk: int, channels: int, device, dtype):
-        self.taps, self.pe, self.freq, self.dtype = taps, pe, freq, dtype
+    def __init__(self, taps: DeviceTaps, encode, key_chunk: int, channels: int, device, dtype):
+        self.taps, self.encode = taps, encode
         self.K = taps.valid.shape[1]
         self.sparse = _sparse_gather_works(device.type, dtype)
         if self.sparse:
             self.buf = torch.empty(key_chunk * self.K, channels, device=device, dtype=dtype)
             self.crow = torch.arange(0, 4 * key_chunk * self.K + 1, 4, device=device)
 
-    def __call__(self, table: torch.Tensor, c: int, e: int) -> torch.Tensor:
+    def __call__(self, table: torch.Tensor, c: int, e: int, offset: int = 0) -> torch.Tensor:
+        """``offset``: the first row of the group in ``table`` (the maps of every group, one after the other)."""
         K, taps = self.K, self.taps
         rows = (e - c) * K
         index, weight = taps.index[c * K:e * K], taps.weight[c * K:e * K]
+        index = index + offset if offset else index
         if not self.sparse:
             d = F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
-            return d.add_(self.pe[c:e].reshape(rows, -1) if self.pe is not None
-                          else _centred_pe(taps.displacement[c:e], self.freq, self.dtype))
+            return d.add_(self.encode(c, e, None))
         d = self.buf[:rows]
-        pe = (self.pe[c:e].reshape(rows, -1) if self.pe is not None
-              else _centred_pe(taps.displacement[c:e], self.freq, self.dtype, out=d))
+        pe = self.encode(c, e, d)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             samples = torch.sparse_csr_tensor(self.crow[:rows + 1], index.reshape(-1), weight.reshape(-1),
@@ -303,21 +238,44 @@ def fast_forward(block, x: torch.Tensor, plan, folded: FoldedWeights | None = No
     CPUs, the budget elsewhere); ``taps``: the plan's :func:`device_taps` for x's device and dtype (built if
     None).
     """
-    groups = check_features(x, plan)
-    C, h, w = x.shape[1:]
-    if C != block.dim:
-        raise ValueError(f"CAA block of width {block.dim} got {C}-channel features")
-    dev, dtype = x.device, x.dtype
+    C, dev, dtype = check_width(block, x, plan), x.device, x.dtype
     if taps is None:
         taps = device_taps(tap_plan(plan), dev, dtype)
     M, K = taps.valid.shape
-    if pe is not None and (tuple(pe.shape) != (M, K, C) or pe.dtype != dtype or pe.device != dev):
-        raise ValueError(f"precomputed positional encodings of shape {tuple(pe.shape)} ({pe.dtype}, {pe.device}) "
-                         f"do not fit this level: expected {(M, K, C)} ({dtype}, {dev})")
-    heads = C // HEAD_DIM
-    W = folded if folded is not None else fold_weights(block, dev, dtype)
-    pe0 = block.query_pe().to(dev, dtype).reshape(1, C)
+    check_encodings(pe, (M, K, C), dtype, dev)
     freq = block.pe.freq_bands
+
+    def encode(c, e, out):
+        if pe is not None:
+            return pe[c:e].reshape((e - c) * K, C)
+        return _centred_pe(taps.displacement[c:e], freq, dtype, out=out)
+
+    pe0 = block.query_pe().to(dev, dtype).reshape(1, C)
+    W = folded if folded is not None else fold_weights(block, dev, dtype)
+    return attend_rows(x, W, taps, encode, lambda a, b: pe0, max_bytes, key_chunk_bytes)
+
+
+def check_width(block, x: torch.Tensor, plan) -> int:
+    """Validates features ((b m), C, h, w) against a level plan and the block's width; returns C."""
+    check_features(x, plan)
+    if x.shape[1] != block.dim:
+        raise ValueError(f"{type(block).__name__} of width {block.dim} got {x.shape[1]}-channel features")
+    return x.shape[1]
+
+
+def attend_rows(x: torch.Tensor, W: FoldedWeights, taps: DeviceTaps, encode, query_pe, max_bytes: int,
+                key_chunk_bytes: int | None) -> torch.Tensor:
+    """The folded attention and feed-forward of every query pixel (module docstring): x ((b m), C, h, w) -> same.
+
+    ``taps``: the level's :class:`DeviceTaps` (K keys per query row; the rows are the flattened (view, y, x) of
+    one group); ``encode(c, e, out)``: the centred key encodings of rows [c, e) (see :class:`_KeyGather`);
+    ``query_pe(a, b)``: the query encoding of rows [a, b), broadcastable to (b - a, C).
+    """
+    groups = x.shape[0] * x.shape[2] * x.shape[3] // taps.valid.shape[0]
+    C, h, w = x.shape[1:]
+    dev, dtype = x.device, x.dtype
+    M, K = taps.valid.shape
+    heads = C // HEAD_DIM
     scale = HEAD_DIM ** -0.5
     wv_t = W.wv.transpose(1, 2)  # (H, C, 32)
     bv = W.bv.reshape(1, C)
@@ -329,16 +287,10 @@ def fast_forward(block, x: torch.Tensor, plan, folded: FoldedWeights | None = No
     # projections and feed-forward: ~16 C floats per row (q, values, hidden, GEGLU 8 C + 4 C)
     row_chunk = max(1, min(M, MAX_ROW_CHUNK, max_bytes // (16 * C * max(x.element_size(), 4))))
     row_chunk = max(key_chunk, row_chunk // key_chunk * key_chunk)
-
-    # the features as rows (group, view, pixel) -> C, one 2-D transpose per view (the host's blocked transpose
-    # kernel; strided row gathers are slow, above all on a busy CPU). The rows also receive the block's output.
-    hw = h * w
-    views = x.reshape(groups, -1, C, hw)
-    rows = torch.empty(groups, M, C, device=dev, dtype=dtype)
-    rows_by_view = rows.reshape(groups, -1, hw, C)
-    for g in range(groups):
-        for v in range(views.shape[1]):
-            rows_by_view[g, v].copy_(views[g, v].t())
+    # the features as rows (group, view, pixel) -> C, one batched transpose (no loop over groups or views); the
+    # rows also receive the block's output
+    rows = torch.empty(groups * M, C, device=dev, dtype=dtype)
+    rows.view(x.shape[0], h, w, C).copy_(x.permute(0, 2, 3, 1))
     # row-centred copy: a bilinear sample of it is the sample minus its channel mean
     centred = torch.sub(rows, rows.mean(dim=-1, keepdim=True))
     # buffers reused by every chunk (fresh big allocations cost page faults on CPUs)
@@ -346,43 +298,43 @@ def fast_forward(block, x: torch.Tensor, plan, folded: FoldedWeights | None = No
     q_buf, hidden_buf, ff_buf = new(row_chunk, C), new(row_chunk, C), new(row_chunk, 8 * C)
     q_heads, values = new(heads, row_chunk, HEAD_DIM), new(row_chunk, heads, HEAD_DIM)
     r_buf, z_buf, v_buf = new(heads, key_chunk, C), new(key_chunk, heads, C), new(heads, key_chunk, HEAD_DIM)
-    keys = _KeyGather(taps, pe, freq, key_chunk, C, dev, dtype)
-    for g in range(groups):
-        table = centred[g]
-        for a in range(0, M, row_chunk):
-            b = min(M, a + row_chunk)
-            xq = rows[g, a:b]
-            query = torch.add(xq, pe0, out=hidden_buf[:b - a])
-            q = torch.mm(F.layer_norm(query, (C,), *W.norm1, W.eps), W.wq.t(), out=q_buf[:b - a])
-            q = q.reshape(b - a, heads, HEAD_DIM)
-            q_bias = (q * W.bk).sum(dim=-1, dtype=torch.float32).mul_(scale)[:, :, None]  # (n, H, 1): q_h · (W_k β)_h
-            q_heads[:, :b - a].copy_(q.transpose(0, 1))  # head-major for the per-head products
-            for c in range(a, b, key_chunk):
-                e = min(b, c + key_chunk)
-                n = e - c
-                # centred keys d_k = kv_k - mean(kv_k): 4-tap samples of the centred map + centred pe
-                d = keys(table, c, e).reshape(n, K, C)
-                var = torch.linalg.vector_norm(d, dim=-1, dtype=torch.float32).square_().div_(C)
-                coef = taps.valid[c:e] * torch.rsqrt(var.add_(W.eps))  # (n, K) float32: c_k
-                # (n, H, C): r_h = W̃_k,hᵀ q_h
-                r = torch.bmm(q_heads[:, c - a:e - a], W.wk, out=r_buf[:, :n]).transpose(0, 1)
-                logits = torch.bmm(r, d.transpose(1, 2)).float()  # (n, H, K): r_h · d_k
-                logits = torch.addcmul(q_bias[c - a:e - a], logits, (coef * scale)[:, None, :])
-                if taps.absent is not None:  # padding keys take no part in the softmax
-                    logits.add_(taps.absent[c:e, None, :])
-                attn = torch.softmax(logits, dim=-1).mul_(coef[:, None, :])  # a_hk c_k
-                z = torch.bmm(attn.to(dtype), d, out=z_buf[:n])  # (n, H, C): Σ_k a_hk c_k d_k
-                # W̃_v,h z_h (into a contiguous buffer: a strided `out` is much slower, above all on a busy CPU)
-                values[c - a:e - a] = torch.bmm(z.transpose(0, 1), wv_t, out=v_buf[:, :n]).transpose(0, 1)
-            hidden = torch.addmm(W.bo, values[:b - a].reshape(b - a, C).add_(bv), W.wo.t(),
-                                 out=hidden_buf[:b - a]).add_(xq)
-            ff = torch.addmm(W.b1, F.layer_norm(hidden, (C,), *W.norm2, W.eps2), W.w1.t(), out=ff_buf[:b - a])
-            gated = ff[:, :4 * C].mul_(torch.ops.aten.gelu_(ff[:, 4 * C:]))  # GEGLU: x * gelu(gate)
-            torch.addmm(W.b2, gated, W.w2.t(), out=xq).add_(hidden)  # the rows [a, b) are not read again
-    result = torch.empty_like(x)
-    out_views = result.reshape(groups, -1, C, hw) if result.is_contiguous() else torch.empty_like(views)
-    for g in range(groups):
-        for v in range(views.shape[1]):
-            out_views[g, v].copy_(rows_by_view[g, v].t())
-    return result if out_views.data_ptr() == result.data_ptr() else like(x, out_views.reshape(x.shape))
+    keys = _KeyGather(taps, encode, key_chunk, C, dev, dtype)
+    # row chunks [a, b) of the groups' rows one after the other, never across two groups (the taps, encodings
+    # and query encodings are those of one group's rows [a - g M, b - g M)); no loop over groups or views
+    bounds, a = [], 0
+    while a < groups * M:
+        bounds.append((a, min(a + row_chunk, (a // M + 1) * M)))
+        a = bounds[-1][1]
+    for start, stop in bounds:
+        offset = start // M * M
+        a, b = start - offset, stop - offset
+        xq = rows[start:stop]
+        query = torch.add(xq, query_pe(a, b), out=hidden_buf[:b - a])
+        q = torch.mm(F.layer_norm(query, (C,), *W.norm1, W.eps), W.wq.t(), out=q_buf[:b - a])
+        q = q.reshape(b - a, heads, HEAD_DIM)
+        q_bias = (q * W.bk).sum(dim=-1, dtype=torch.float32).mul_(scale)[:, :, None]  # (n, H, 1): q_h · (W_k β)_h
+        q_heads[:, :b - a].copy_(q.transpose(0, 1))  # head-major for the per-head products
+        for c in range(a, b, key_chunk):
+            e = min(b, c + key_chunk)
+            n = e - c
+            # centred keys d_k = kv_k - mean(kv_k): 4-tap samples of the centred map + centred pe
+            d = keys(centred, c, e, offset).reshape(n, K, C)
+            var = torch.linalg.vector_norm(d, dim=-1, dtype=torch.float32).square_().div_(C)
+            coef = taps.valid[c:e] * torch.rsqrt(var.add_(W.eps))  # (n, K) float32: c_k
+            # (n, H, C): r_h = W̃_k,hᵀ q_h
+            r = torch.bmm(q_heads[:, c - a:e - a], W.wk, out=r_buf[:, :n]).transpose(0, 1)
+            logits = torch.bmm(r, d.transpose(1, 2)).float()  # (n, H, K): r_h · d_k
+            logits = torch.addcmul(q_bias[c - a:e - a], logits, (coef * scale)[:, None, :])
+            if taps.absent is not None:  # padding keys take no part in the softmax
+                logits.add_(taps.absent[c:e, None, :])
+            attn = torch.softmax(logits, dim=-1).mul_(coef[:, None, :])  # a_hk c_k
+            z = torch.bmm(attn.to(dtype), d, out=z_buf[:n])  # (n, H, C): Σ_k a_hk c_k d_k
+            # W̃_v,h z_h (into a contiguous buffer: a strided `out` is much slower, above all on a busy CPU)
+            values[c - a:e - a] = torch.bmm(z.transpose(0, 1), wv_t, out=v_buf[:, :n]).transpose(0, 1)
+        hidden = torch.addmm(W.bo, values[:b - a].reshape(b - a, C).add_(bv), W.wo.t(),
+                             out=hidden_buf[:b - a]).add_(xq)
+        ff = torch.addmm(W.b1, F.layer_norm(hidden, (C,), *W.norm2, W.eps2), W.w1.t(), out=ff_buf[:b - a])
+        gated = ff[:, :4 * C].mul_(torch.ops.aten.gelu_(ff[:, 4 * C:]))  # GEGLU: x * gelu(gate)
+        torch.addmm(W.b2, gated, W.w2.t(), out=xq).add_(hidden)  # the rows [a, b) are not read again
+    return like(x, rows.view(x.shape[0], h, w, C).permute(0, 3, 1, 2))
 
