@@ -7,7 +7,8 @@
     python -m comfyui_mvdiffusion.caa.convert pano.ckpt ...       (likewise)
 
 The result holds only the 9 correspondence-aware attention blocks (about 295 MB in fp16 for pano.ckpt,
-instead of 5 GB): pair it with ComfyUI's own SD2 checkpoint ('Load Checkpoint') and 'Load CAA Weights'.
+instead of 5 GB; for depth_gen.ckpt its 9 depth blocks and the key-frame condition encoders, ``model_kind``
+"depth"): pair it with ComfyUI's own SD2 checkpoint ('Load Checkpoint') and 'Load CAA Weights'.
 The input is read safely (``torch.load(weights_only=True)``: a checkpoint that would run code is refused).
 Default output: ``<input stem>.caa.safetensors`` next to the input. The input is never overwritten; an
 existing output only with ``--force``; the file is written to a temporary name and renamed (atomic).
@@ -15,7 +16,8 @@ The positional-encoding frequencies are always stored in float32, whatever ``--d
 
 ``--whole`` keeps everything (UNet, VAE, text encoder, CAA blocks; the stored dtypes unless ``--dtype`` is
 given) in a ``<input stem>.safetensors`` that 'Load MVDiffusion Checkpoint' loads like the ``.ckpt``, without
-unpickling. Only a complete panorama checkpoint (pano.ckpt, pano_outpaint.ckpt) is accepted.
+unpickling. Only a complete official model (pano.ckpt, pano_outpaint.ckpt, depth_gen.ckpt, depth_single_view.ckpt)
+is accepted; depth_single_view.ckpt has no CAA blocks, so ``--whole`` is the only conversion it has.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import (CheckpointError, caa_state_dict_from, check_whole_model, classify, describe_widths,
-                         read_checkpoint, save_caa_file, save_whole_file)
+                         model_info, read_checkpoint, save_caa_file, save_whole_file)
 
 __all__ = ["DTYPES", "ConversionResult", "default_output", "convert", "main"]
 
@@ -38,18 +40,20 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 class ConversionResult:
     output: Path
     kind: str
-    widths: dict
-    parameters: int
+    widths: dict | None  # None: a model without CAA blocks (depth_single_view, --whole only)
+    parameters: int  # of the CAA weights (0 without)
     dtype: str
     size: int  # bytes
-    freq_bands: str  # "exact" | "rounding" | "repaired"
+    freq_bands: str | None  # "exact" | "rounding" | "repaired" (None without CAA blocks)
     whole: bool = False  # the whole checkpoint, not only the CAA weights
 
     def summary(self) -> str:
         what = "whole checkpoint (UNet, VAE, text encoder) with" if self.whole else "CAA weights,"
-        return (f"wrote {self.output}: {self.kind} {what} {len(self.widths['encoder']) * 2 + 1} CAA blocks "
-                f"({describe_widths(self.widths)}), {self.parameters:,} parameters, {self.dtype}, "
-                f"{self.size / 1e6:.1f} MB ({self.size:,} bytes)")
+        blocks = "no CAA blocks" if self.widths is None else (
+            f"{len(self.widths['encoder']) * 2 + 1} CAA blocks ({describe_widths(self.widths)}), "
+            f"{self.parameters:,} parameters")
+        return (f"wrote {self.output}: {self.kind} {what} {blocks}, {self.dtype}, {self.size / 1e6:.1f} MB "
+                f"({self.size:,} bytes)")
 
 
 def default_output(src, whole: bool = False) -> Path:
@@ -81,7 +85,10 @@ def convert(src, dst=None, dtype: str | torch.dtype | None = None, force: bool =
     layout = classify(ckpt.state_dict, ckpt.metadata)
     if whole:
         check_whole_model(src, layout, ckpt.state_dict, "Convert without --whole to keep the CAA weights only")
-    sd, info = caa_state_dict_from(ckpt, layout)  # validates the CAA blocks either way
+    if whole and not layout.spec.caa_blocks:  # depth_single_view: a complete model without CAA blocks
+        sd, info = None, dict(model_info(ckpt, layout), widths=None, parameters=0, freq_bands=None)
+    else:
+        sd, info = caa_state_dict_from(ckpt, layout)  # validates the CAA blocks either way
     if whole:
         save_whole_file(ckpt.state_dict, dst, source=info["source"], model_kind=info["kind"], dtype=torch_dtype)
     else:
@@ -95,9 +102,9 @@ def main(argv=None, prog: str = "mvdiffusion-convert") -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Extract the correspondence-aware attention (CAA) weights of an official MVDiffusion "
-                    "checkpoint (pano.ckpt, pano_outpaint.ckpt) into a small .safetensors file for "
-                    "'Load CAA Weights', or (--whole) store the whole checkpoint as .safetensors for "
-                    "'Load MVDiffusion Checkpoint'.")
+                    "checkpoint (pano.ckpt, pano_outpaint.ckpt, depth_gen.ckpt) into a small .safetensors file "
+                    "for 'Load CAA Weights', or (--whole) store the whole checkpoint (those, or "
+                    "depth_single_view.ckpt) as .safetensors for 'Load MVDiffusion Checkpoint'.")
     parser.add_argument("input", type=Path, help="official checkpoint (.ckpt) or CAA .safetensors")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="output .safetensors (default: <input stem>.caa.safetensors next to the input, "

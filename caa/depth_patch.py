@@ -4,9 +4,10 @@ whose wrappers, callbacks, grouping checks and memory estimate it inherits).
 
 What differs from the panorama model:
 
-* the blocks are depth ``CPBlock``s (``caa/depth_block.py``) driven by the per-level plans of a
-  :class:`scenes.SceneCorrespondences` (built once by 'Depth Correspondences'), moved to the run's device once
-  per run; the mid block runs after the WHOLE mid block (``caa/placement.depth_sites``);
+* the blocks are depth ``CPBlock``s driven by the per-level plans of a :class:`scenes.SceneCorrespondences`
+  (built once by 'Depth Correspondences'), moved to the run's device once per run; "fast" runs them through
+  ``caa/depth_fast.py``, "reference" through the blocks' own forward (``caa/depth_block.py``, the oracle); the
+  mid block runs after the WHOLE mid block (``caa/placement.depth_sites``);
 * a scene of one view runs no block (the official skips CAA when m = 1);
 * the optional key-frame condition: a (m, 5, h, w) tensor ([latent of the key frame | 1] for key frames,
   zeros for the others) goes through the condition encoders once per run, and each level's state is added
@@ -22,27 +23,41 @@ from __future__ import annotations
 import torch
 
 from .depth_blockset import DepthCAASet
+from .depth_fast import depth_centred_encoding, depth_cp_fast_forward, depth_key_terms
 from .layers import module_at, wrap_layer
 from .patch import MultiViewError, MultiViewPatch, install
 from .placement import Site, check_sites, condition_sites, depth_sites
+from .run_cache import RunCache
 
 __all__ = ["DepthPatch", "DepthRunCache", "patch_depth_model"]
 
 
-class DepthRunCache:
-    """What one run builds: each level's plan on the run's device, the condition encoders' states per
-    (device, dtype)."""
+class DepthRunCache(RunCache):
+    """What one run builds (``caa/run_cache.py``, with the scene in the rig's place): each level's plan on the
+    run's device, the fast path's key terms (``caa/depth_fast.py``), folded weights and key encodings within the
+    cache's budget, and the condition encoders' states per (device, dtype)."""
 
     def __init__(self, patch: "DepthPatch"):
+        super().__init__(patch.scene, patch.sites, patch.level_sizes, patch.free_memory)
         self.patch = patch
-        self.plans: dict = {}
+        self.keys = patch.scene.max_neighbours
+        self.terms: dict = {}
         self.states: dict = {}
 
-    def plan(self, level: int, device):
+    def plan(self, level: int, device=None, dtype=torch.float32):
         key = (level, str(device))
         if key not in self.plans:
-            self.plans[key] = self.patch.scene.plans[self.patch.level_sizes[level]].to(device)
+            self.plans[key] = self.patch.scene.plans[self.level_sizes[level]].to(device)
         return self.plans[key]
+
+    def key_terms(self, level: int, device, dtype):
+        key = (level, str(device), dtype)
+        if key not in self.terms:
+            self.terms[key] = depth_key_terms(self.plan(level, device), device, dtype)
+        return self.terms[key]
+
+    def build_encoding(self, level: int, freq: torch.Tensor, device, dtype) -> torch.Tensor:
+        return depth_centred_encoding(self.key_terms(level, device, dtype), freq, dtype)
 
     def condition_states(self, device, dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(down states, up states) of the key-frame condition, each (m, C_level, h_level, w_level)."""
@@ -61,8 +76,8 @@ class DepthPatch(MultiViewPatch):
     keys_per_neighbour = 1
 
     def __init__(self, caa: DepthCAASet, scene, sites: list[Site], condition_places, weights=None,
-                 condition: torch.Tensor | None = None, free_memory=None):
-        super().__init__(caa, scene, sites, weights, "reference", free_memory)
+                 condition: torch.Tensor | None = None, implementation: str = "fast", free_memory=None):
+        super().__init__(caa, scene, sites, weights, implementation, free_memory)
         self.scene, self.condition = scene, condition
         missing = [f"{w}x{h}" for h, w in self.level_sizes if (h, w) not in scene.plans]
         if missing:
@@ -85,7 +100,13 @@ class DepthPatch(MultiViewPatch):
     def forward_block(self, site: Site, h: torch.Tensor, cache: DepthRunCache) -> torch.Tensor:
         if self.scene.num_views < 2:
             return h
-        return self.block(site)(h, cache.plan(site.level, h.device))
+        block, plan = self.block(site), cache.plan(site.level, h.device)
+        if self.implementation == "reference":
+            return block(h, plan)
+        return depth_cp_fast_forward(block, h, plan, folded=cache.folded_weights(block.attn1, h.device, h.dtype),
+                                     max_bytes=cache.work_bytes(h.device),
+                                     pe=cache.positional_encodings(site, block.attn1, h.device, h.dtype),
+                                     terms=cache.key_terms(site.level, h.device, h.dtype))
 
     # ---- the key-frame condition ------------------------------------------------------------------------------
     def block_patches(self) -> dict:
@@ -154,11 +175,12 @@ class DepthPatch(MultiViewPatch):
 
 
 def patch_depth_model(model_patcher, caa: DepthCAASet, scene, weights=None, condition: torch.Tensor | None = None,
-                      free_memory=None):
+                      implementation: str = "fast", free_memory=None):
     """A clone of ``model_patcher`` with the depth CAA (and the key-frame ``condition``, if any) applied; the
     input model is never touched. Raises ValueError when the UNet is not SD2-like or the weights do not fit."""
     clone = model_patcher.clone()
     unet = clone.get_model_object("diffusion_model")
     sites = depth_sites(unet)
     check_sites(sites, caa.widths)
-    return install(clone, DepthPatch(caa, scene, sites, condition_sites(unet), weights, condition, free_memory))
+    return install(clone, DepthPatch(caa, scene, sites, condition_sites(unet), weights, condition, implementation,
+                                     free_memory))

@@ -250,7 +250,7 @@ class MultiViewPatch:
         # the fast path: copies of the biggest level's features (rows, centred rows, result), its query-chunk
         # working memory and its per-run cache of positional encodings
         features = 3 * rows * h * w * width * element_size
-        keys = 9 * self.rig.max_neighbours
+        keys = self.keys_per_neighbour * self.rig.max_neighbours
         candidates = pe_candidates(self.sites, self.level_sizes, self.rig.num_views, keys, element_size)
         pe = sum(candidates[k][0] for k in pe_selection(candidates, PE_CACHE_BYTES))
         return features + CAA_WORK_BYTES + pe

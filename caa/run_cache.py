@@ -130,11 +130,14 @@ class RunCache:
         buffer = (id(freq), freq.data_ptr())
         if entry is None or buffer not in entry[2]:
             if entry is None or not torch.equal(entry[0], freq.to(entry[0].device)):
-                pe = centred_positional_encoding(self.plan(site.level), freq, device, dtype,
-                                                 taps=self.tap_plan(site.level))
+                pe = self.build_encoding(site.level, freq, device, dtype)
                 entry = self.encodings[key] = (freq.detach().clone(), pe, set())
             entry[2].add(buffer)
         return entry[1]
+
+    def build_encoding(self, level: int, freq: torch.Tensor, device, dtype) -> torch.Tensor:
+        """A level's centred key encodings for the frequencies ``freq`` (what :meth:`positional_encodings` keeps)."""
+        return centred_positional_encoding(self.plan(level), freq, device, dtype, taps=self.tap_plan(level))
 
     def nbytes(self) -> int:
         """Bytes of the tensors this cache holds (plans, taps, folded weights, encodings)."""

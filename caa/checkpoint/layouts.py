@@ -8,11 +8,13 @@ entry there.
 ``pano``               official pano.ckpt: CAA blocks ``mv_base_model.cp_blocks_*.transformer.*`` (``CPAttn``)
                        and a diffusers UNet ``mv_base_model.unet.*`` with 4 input channels (SD2-base)
 ``pano_outpaint``      the same CAA layout, UNet with 9 input channels (SD2-inpainting)
-``depth``              depth_gen.ckpt: ``CPBlock`` layout ``cp_blocks_*.attn1.transformer.*`` + ``resnet`` +
-                       condition encoders
+``depth``              depth_gen.ckpt: depth ``CPBlock``s ``mv_base_model.cp_blocks_*.attn1.transformer.*`` +
+                       ``resnet``, condition encoders ``mv_base_model.condition_*``, UNet with 5 input channels
+                       (SD2-depth)
 ``depth_single_view``  depth_single_view.ckpt: UNet (5 input channels), VAE, text encoder, no CAA
 ``single_view``        another UNet-only MVDiffusion checkpoint (no CAA)
-``caa``                this pack's CAA-only format (keys ``cp_blocks_*``, CAASet names)
+``caa``                this pack's CAA-only format (keys ``cp_blocks_*``: CAASet names, or DepthCAASet names with
+                       ``condition_*`` for depth blocks)
 ``stable_diffusion``   not MVDiffusion: an ldm/ComfyUI checkpoint (``model.diffusion_model.*``)
 ``diffusers_unet``     not MVDiffusion: a bare diffusers UNet
 ``unknown``            anything else
@@ -28,8 +30,8 @@ from .reading import OFFICIAL_HINT, CheckpointError, checkpoint_error
 
 __all__ = ["KeyFacts", "LayoutSpec", "Layout", "LAYOUTS", "KINDS", "CAA_KINDS", "PANO", "PANO_OUTPAINT", "DEPTH",
            "DEPTH_SINGLE_VIEW", "SINGLE_VIEW", "CAA", "STABLE_DIFFUSION", "DIFFUSERS_UNET", "UNKNOWN",
-           "OFFICIAL_PREFIX", "PARTS", "key_facts", "classify", "split_official", "unet_widths", "describe_widths",
-           "refusal_error", "check_whole_model"]
+           "OFFICIAL_PREFIX", "PARTS", "CONDITION_KEY", "key_facts", "classify", "split_official", "unet_widths",
+           "describe_widths", "refusal_error", "check_whole_model"]
 
 OFFICIAL_PREFIX = "mv_base_model."
 PARTS = {"text_encoder": "text_encoder.", "vae": "vae.", "unet": "mv_base_model.unet."}
@@ -40,6 +42,8 @@ PANO, PANO_OUTPAINT, DEPTH, DEPTH_SINGLE_VIEW, SINGLE_VIEW = (
 CAA, STABLE_DIFFUSION, DIFFUSERS_UNET, UNKNOWN = "caa", "stable_diffusion", "diffusers_unet", "unknown"
 
 _CAA_KEY = re.compile(r"^(?P<prefix>.*?)cp_blocks_(?:encoder\.\d+|mid|decoder\.\d+)\.(?P<rest>.*)$")
+# the depth model's key-frame condition encoders (part of its CAA weights: DepthCAASet names)
+CONDITION_KEY = re.compile(r"(?:^|\.)condition_(?:conv_in|downblocks\.\d+|upblocks\.\d+)\.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,26 +98,33 @@ def _official_caa(style: str, unet_in=None):
         unet_in is None or f.unet_in in unet_in)
 
 
+def _own_caa(style: str | None = None):
+    return lambda f: f.caa_prefix == "" and (style is None or f.caa_style == style)
+
+
 LAYOUTS: tuple[LayoutSpec, ...] = (
-    LayoutSpec(DEPTH, lambda f: f.caa_style == "cpblock",
-               "the depth-conditioned MVDiffusion model (depth_gen.ckpt: CPBlock layout "
-               "'cp_blocks_*.attn1.transformer.*' with ResNet blocks and condition encoders)", caa_blocks="depth",
-               refusal="its blocks are not the panorama CAA blocks this pack runs"),
+    LayoutSpec(DEPTH, _official_caa("cpblock", (5, None)),
+               "the depth-conditioned MVDiffusion model (depth_gen.ckpt: depth CPBlocks "
+               "'cp_blocks_*.attn1.transformer.*' with ResNet blocks and condition encoders, SD2-depth UNet)",
+               caa_blocks="depth", unet_in=5),
     LayoutSpec(PANO, _official_caa("cpattn", (4, None)), "the official MVDiffusion panorama checkpoint",
                caa_blocks="pano", unet_in=4),
     LayoutSpec(PANO_OUTPAINT, _official_caa("cpattn", (9,)),
                "the official MVDiffusion panorama outpainting checkpoint (SD2-inpainting UNet)", caa_blocks="pano",
                unet_in=9),
-    LayoutSpec(UNKNOWN, _official_caa("cpattn"),
-               "panorama CAA blocks with a UNet of {unet_in} input channels (neither SD2-base's 4 nor "
-               "SD2-inpainting's 9)"),
-    LayoutSpec(CAA, lambda f: f.caa_prefix == "" and f.own_format, "CAA weights in this pack's format",
-               caa_blocks="pano"),
-    LayoutSpec(CAA, lambda f: f.caa_prefix == "", "a bare CAA state dict (cp_blocks_* keys)", caa_blocks="pano"),
+    LayoutSpec(UNKNOWN, lambda f: f.caa_prefix == OFFICIAL_PREFIX,
+               "MVDiffusion CAA blocks ({caa_style}) with a UNet of {unet_in} input channels (neither SD2-base's 4, "
+               "SD2-inpainting's 9 nor SD2-depth's 5 that these blocks were trained with)"),
+    LayoutSpec(CAA, lambda f: _own_caa("cpblock")(f) and f.own_format, "depth CAA weights in this pack's format",
+               caa_blocks="depth"),
+    LayoutSpec(CAA, lambda f: _own_caa()(f) and f.own_format, "CAA weights in this pack's format", caa_blocks="pano"),
+    LayoutSpec(CAA, _own_caa("cpblock"), "a bare depth CAA state dict (cp_blocks_*.attn1 keys)", caa_blocks="depth"),
+    LayoutSpec(CAA, _own_caa(), "a bare CAA state dict (cp_blocks_* keys)", caa_blocks="pano"),
     LayoutSpec(UNKNOWN, lambda f: f.caa_prefix is not None, "CAA-like keys under an unexpected prefix {caa_prefix!r}"),
     LayoutSpec(DEPTH_SINGLE_VIEW, lambda f: "unet" in f.parts and f.unet_in == 5,
                "the single-view depth model (depth_single_view.ckpt: a fine-tuned SD2-depth UNet, no CAA blocks)",
-               refusal="it has no CAA keys"),
+               unet_in=5, refusal="it has no CAA keys",
+               todo="Load it with 'Load MVDiffusion Checkpoint' (a complete single-view model without CAA)"),
     LayoutSpec(SINGLE_VIEW, lambda f: "unet" in f.parts,
                "an MVDiffusion single-view checkpoint (a UNet, no CAA blocks)", refusal="it has no CAA keys"),
     LayoutSpec(STABLE_DIFFUSION, lambda f: f.ldm,
@@ -126,7 +137,7 @@ LAYOUTS: tuple[LayoutSpec, ...] = (
     LayoutSpec(UNKNOWN, lambda f: True, "no MVDiffusion keys"),
 )
 KINDS = tuple(dict.fromkeys(spec.kind for spec in LAYOUTS))
-CAA_KINDS = tuple(s.kind for s in LAYOUTS if s.caa_blocks == "pano" and s.unet_in)  # official pano CAA files
+CAA_KINDS = tuple(s.kind for s in LAYOUTS if s.caa_blocks and s.unet_in)  # official files with CAA blocks
 
 
 def key_facts(state_dict: dict, metadata: dict | None = None) -> KeyFacts:
@@ -155,14 +166,15 @@ def classify(state_dict: dict, metadata: dict | None = None) -> Layout:
     :data:`LAYOUTS`."""
     facts = key_facts(state_dict, metadata)
     spec = next(s for s in LAYOUTS if s.matches(facts))
-    description = spec.description.format(unet_in=facts.unet_in, caa_prefix=facts.caa_prefix)
+    description = spec.description.format(unet_in=facts.unet_in, caa_prefix=facts.caa_prefix,
+                                          caa_style={"cpblock": "depth CPBlocks"}.get(facts.caa_style, "CPAttn"))
     if spec.unet_in and "unet" not in facts.parts:
         description += " (CAA blocks only, no UNet)"
     return Layout(spec.kind, facts.caa_prefix, facts.caa_style, facts.unet_in, facts.parts, description, spec)
 
 
 def refusal_error(path, layout: Layout, state_dict: dict, wanted: str = "CAA weights") -> CheckpointError:
-    """Why a layout cannot give panorama CAA weights, and what to do instead."""
+    """Why a layout cannot give CAA weights (or what ``wanted`` says), and what to do instead."""
     if layout.spec.refusal:
         return checkpoint_error(path, f"this is {layout.description}; {layout.spec.refusal}",
                                 layout.spec.todo or f"Use {OFFICIAL_HINT}")
@@ -173,13 +185,14 @@ def refusal_error(path, layout: Layout, state_dict: dict, wanted: str = "CAA wei
 
 def check_whole_model(path, layout: Layout, state_dict: dict,
                       todo: str = "Use 'Load CAA Weights' with a separate SD2 checkpoint") -> None:
-    """Raise unless ``layout`` is a complete MVDiffusion model this pack loads (a layout with ``unet_in``, and
-    its UNet, VAE, text encoder and CAA blocks); ``todo`` says what to do with a file that lacks some parts."""
+    """Raise unless ``layout`` is a complete MVDiffusion model this pack loads (a layout with ``unet_in``: pano,
+    pano_outpaint, depth, depth_single_view; its UNet, VAE and text encoder, and the CAA blocks where the layout
+    has them); ``todo`` says what to do with a file that lacks some parts."""
     if layout.kind == CAA:
         raise checkpoint_error(path, "this file only holds CAA weights (no UNet, text encoder or VAE)",
                                "Load it with 'Load CAA Weights' next to ComfyUI's Load Checkpoint with an SD2 model")
     if not layout.spec.unet_in:
-        raise refusal_error(path, layout, state_dict, wanted="MVDiffusion panorama model")
+        raise refusal_error(path, layout, state_dict, wanted="MVDiffusion model")
     missing = [p for p in ("unet", "vae", "text_encoder") if p not in layout.parts]
     if missing:
         raise checkpoint_error(path, f"the checkpoint lacks the {', '.join(missing)} (it only holds: "
@@ -190,7 +203,8 @@ def split_official(state_dict: dict) -> dict:
     """Cut an official state dict into prefix-stripped parts (the same tensor objects, no copies).
 
     ``{"unet": diffusers UNet names, "vae": diffusers AutoencoderKL names, "text_encoder": transformers
-    CLIPTextModel names, "caa": CAASet names, "other": anything else (e.g. depth condition encoders)}``.
+    CLIPTextModel names, "caa": CAASet names (DepthCAASet names for depth_gen: its CPBlocks and condition
+    encoders), "other": anything else}``.
     """
     out = {"unet": {}, "vae": {}, "text_encoder": {}, "caa": {}, "other": {}}
     for k, v in state_dict.items():
@@ -199,7 +213,7 @@ def split_official(state_dict: dict) -> dict:
                 out[part][k[len(prefix):]] = v
                 break
         else:
-            if k.startswith(OFFICIAL_PREFIX + "cp_blocks_"):
+            if k.startswith((OFFICIAL_PREFIX + "cp_blocks_", OFFICIAL_PREFIX + "condition_")):
                 out["caa"][k[len(OFFICIAL_PREFIX):]] = v
             else:
                 out["other"][k] = v

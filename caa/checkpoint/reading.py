@@ -27,8 +27,8 @@ __all__ = ["CheckpointError", "checkpoint_error", "CheckpointFile", "read_checkp
 _UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _UNSUPPORTED_OPERAND = re.compile(r"Unsupported operand (\d+)")
 
-OFFICIAL_HINT = ("an official MVDiffusion checkpoint (pano.ckpt, pano_outpaint.ckpt), or CAA weights converted "
-                 "with the pack's converter (scripts/convert.py)")
+OFFICIAL_HINT = ("an official MVDiffusion checkpoint (pano.ckpt, pano_outpaint.ckpt, depth_gen.ckpt), or CAA weights "
+                 "converted with the pack's converter (scripts/convert.py)")
 
 
 class CheckpointError(ValueError):

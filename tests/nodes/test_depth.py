@@ -155,3 +155,16 @@ def test_key_frame_conditioning_checks_its_images_and_positions(graph, sd2, scen
     (keys,) = graph.run("MVDiffusionKeyFrameConditioning", vae=vae, images=torch.rand(2, SIZE, SIZE, 3),
                         correspondences=scene, positions="0,-1")
     assert keys.positions == [0, 2] and keys.latents.shape == (2, 4, SIZE // 8, SIZE // 8)
+
+
+def test_the_fast_depth_path_samples_like_the_reference_blocks_through_the_host_ksampler(comfy, graph, sd2,
+                                                                                        depth_model, depth_caa,
+                                                                                        scene, conditioned):
+    keys = graph.run("MVDiffusionKeyFrameConditioning", vae=sd2.vae, images=torch.rand(2, SIZE, SIZE, 3),
+                     correspondences=scene, positions="first,last")[0]
+    (fast,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=depth_caa, correspondences=scene,
+                        key_frames=keys)
+    reference = comfy.module("caa.depth_patch").patch_depth_model(
+        depth_model, depth_caa.caa, scene, weights=depth_caa.patcher, condition=keys.condition(depth_model),
+        implementation="reference")
+    assert graph.max_rel(sample(graph, fast, conditioned), sample(graph, reference, conditioned)) < 1e-4
