@@ -168,3 +168,17 @@ def test_the_fast_depth_path_samples_like_the_reference_blocks_through_the_host_
         depth_model, depth_caa.caa, scene, weights=depth_caa.patcher, condition=keys.condition(depth_model),
         implementation="reference")
     assert graph.max_rel(sample(graph, fast, conditioned), sample(graph, reference, conditioned)) < 1e-4
+
+
+def test_a_frame_without_any_depth_is_reported_and_still_sampled(comfy, graph, sd2, depth_model, depth_caa, frames):
+    depths = frames.depths.clone()
+    depths[1] = 0.0
+    blind = type(frames)(depths, frames.cameras, frames.images, frames.names)
+    correspondences, _, report = graph.run("MVDiffusionDepthCorrespondences", scene=blind, threshold=0.3)
+    assert "without any valid depth: 1" in report
+    with torch.inference_mode():
+        (pos,) = comfy.nodes.CLIPTextEncode().encode(sd2.clip, "a kitchen")
+    pos, neg, latent = graph.run("MVDiffusionDepthConditioning", positive=pos, negative=pos, scene=blind)
+    assert float(pos[0][1]["noise_concat"][1].max()) == -2.0
+    (patched,) = graph.run("MVDiffusionApplyDepth", model=depth_model, caa=depth_caa, correspondences=correspondences)
+    assert torch.isfinite(graph.ksample(patched, pos, neg, latent)).all()
