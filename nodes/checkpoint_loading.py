@@ -1,8 +1,8 @@
 """Building the host's MODEL, CLIP and VAE from an official MVDiffusion checkpoint (ComfyUI glue, no nodes).
 
-An official ``pano.ckpt`` / ``pano_outpaint.ckpt`` (or its ``--whole`` .safetensors conversion, the same keys)
-holds the whole pipeline in diffusers/transformers naming
-(see ``caa/checkpoint.py``). The file is read once (safely, memory-mapped), cut into parts, and every part
+An official ``pano.ckpt`` / ``pano_outpaint.ckpt`` / ``depth_gen.ckpt`` / ``depth_single_view.ckpt`` (or its
+``--whole`` .safetensors conversion, the same keys) holds the whole pipeline in diffusers/transformers naming
+(see ``caa/checkpoint/``). The file is read once (safely, memory-mapped), cut into parts, and every part
 goes through ComfyUI's OWN converters and loaders, the functions its checkpoint loaders use:
 
 * UNet: ``comfy.model_detection.unet_config_from_diffusers_unet`` + ``comfy.utils.unet_to_diffusers`` give
@@ -10,9 +10,16 @@ goes through ComfyUI's OWN converters and loaders, the functions its checkpoint 
   diffusers UNet); the ldm-named weights then go to ``comfy.sd.load_diffusion_model_state_dict``, which
   detects SD2 (``SD20``), picks dtypes/devices with ``comfy.model_management`` and returns the ModelPatcher.
   Converting first (rather than handing the diffusers dict over) lets us report missing/unexpected keys
-  exactly, and serves the 9-channel inpainting UNet too: ComfyUI's diffusers detection only knows 4-channel
-  SD2 UNets, so for in_channels != 4 the config is detected on a view whose ``conv_in`` has 4 input
-  channels and the real count is put back (ComfyUI's ldm detection then makes it an inpainting SD2 model).
+  exactly, and serves the 9-channel inpainting and 5-channel depth UNets too: ComfyUI's diffusers detection
+  only knows 4-channel SD2 UNets, so for in_channels != 4 the config is detected on a view whose ``conv_in``
+  has 4 input channels and the real count is put back (ComfyUI's ldm detection then makes it an inpainting
+  SD2 model, as it does for any UNet with more than 4 input channels).
+* Depth models (SD2-depth UNet, 5 input channels; ComfyUI has no such model class): :func:`make_depth_model`
+  turns the inpainting concat off (``concat_keys = ()`` on the freshly built BaseModel, so the host no longer
+  adds mask + masked-image channels) and registers an ``outer_sample`` wrapper that refuses, before the first
+  step, a run whose conditioning lacks the depth channel. That channel reaches the UNet through the
+  conditioning key ``noise_concat`` (set by 'Depth Conditioning'): ``BaseModel.extra_conds`` turns it into
+  ``c_concat``, which ``_apply_model`` appends to the latent. :func:`is_depth_model` tells such a MODEL apart.
 * VAE: ``comfy.diffusers_convert.convert_vae_state_dict`` (maps diffusers 0.16's old attention names
   ``query/key/value/proj_attn`` as well as the new ``to_q/...`` ones, in 0.3.75 and 0.26 alike) then
   ``comfy.sd.VAE(sd=...)``.
@@ -35,6 +42,7 @@ import torch
 
 import comfy.diffusers_convert
 import comfy.model_detection
+import comfy.patcher_extension
 import comfy.sd
 import comfy.utils
 
@@ -43,7 +51,8 @@ from ..caa.checkpoint import CheckpointError, checkpoint_error
 
 __all__ = ["CheckpointError", "load_mvdiffusion_checkpoint", "load_caa_weights_file", "load_unet_part",
            "load_vae_part", "load_clip_part", "diffusers_unet_to_ldm", "complete_sd2_text_encoder",
-           "CLIP_FILLED", "CLIP_DROPPED"]
+           "make_depth_model", "is_depth_model", "DepthChannelCheck", "DEPTH_UNET_IN", "DEPTH_CHANNEL_KEY",
+           "DEPTH_WRAPPER_KEY", "CLIP_FILLED", "CLIP_DROPPED"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +138,47 @@ def load_unet_part(unet_sd: dict, source="<UNet>", model_options: dict | None = 
                   model_type=getattr(model.model.model_type, "name", str(model.model.model_type)),
                   model_config=type(model.model.model_config).__name__)
     return model, report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# depth models (SD2-depth UNet: the 5th input channel comes from the conditioning)
+# ---------------------------------------------------------------------------------------------------------
+DEPTH_UNET_IN = 5  # 4 latent channels + the depth channel
+DEPTH_CHANNEL_KEY = "noise_concat"  # the conditioning key that carries the depth channel to c_concat
+DEPTH_WRAPPER_KEY = "mvdiffusion_depth"
+
+
+def is_depth_model(model) -> bool:
+    """A MODEL (ModelPatcher) whose UNet takes the depth channel: 5 input channels (SD2-depth)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return config is not None and config.unet_config.get("in_channels") == DEPTH_UNET_IN
+
+
+class DepthChannelCheck:
+    """The ``outer_sample`` wrapper of a depth MODEL: before the first step, every positive and negative
+    conditioning must carry the depth channel (``noise_concat``), else the 5-channel UNet would get 4."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def __call__(self, executor, *args, **kwargs):
+        conds = getattr(executor.class_obj, "conds", None) or {}
+        lacking = sorted(name for name, entries in conds.items()
+                         if any(DEPTH_CHANNEL_KEY not in entry for entry in entries or ()))
+        if lacking:
+            raise ValueError(f"this is an MVDiffusion depth model ({self.source}): its 5th input channel comes from "
+                             f"'Depth Conditioning', and the {' and '.join(lacking)} conditioning has none "
+                             f"(no {DEPTH_CHANNEL_KEY!r}). Pass both the positive and the negative conditioning "
+                             "through 'Depth Conditioning' before the sampler")
+        return executor(*args, **kwargs)
+
+
+def make_depth_model(model, source: str) -> None:
+    """Make a freshly loaded 5-channel MODEL a depth model (module docstring): no inpainting concat, and the
+    :class:`DepthChannelCheck` as its ``outer_sample`` wrapper (clones inherit both)."""
+    model.model.concat_keys = ()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, DEPTH_WRAPPER_KEY,
+                               DepthChannelCheck(source))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,18 +285,24 @@ def _embedding_directory():
 
 
 def load_mvdiffusion_checkpoint(path):
-    """Everything in an official pano.ckpt / pano_outpaint.ckpt (or its ``--whole`` .safetensors).
+    """Everything in an official pano.ckpt / pano_outpaint.ckpt / depth_gen.ckpt / depth_single_view.ckpt (or its
+    ``--whole`` .safetensors).
 
-    The file is read part by part (the CAA blocks, then the UNet, the VAE and the text encoder, each read on its
+    The file is read part by part (the CAA weights, then the UNet, the VAE and the text encoder, each read on its
     own and released once ComfyUI holds it), so loading a 5 GB checkpoint never holds more of the file than
     the part being loaded. Returns ``(model, clip, vae, caa_state_dict, info)``: the host's ModelPatcher, CLIP
-    and VAE, the CAA weights under CAASet names (for ``nodes.caa_weights.CAAWeights``) and ``info`` (the CAA
-    info of :func:`caa.checkpoint.load_caa_state_dict` plus ``unet``/``vae``/``clip`` key reports).
+    and VAE (a depth model's MODEL made by :func:`make_depth_model`), the CAA weights (CAASet names; DepthCAASet
+    names for depth_gen; None for depth_single_view, which has none) and ``info``: the CAA info of
+    :func:`caa.checkpoint.load_caa_state_dict` (only its file fields without CAA weights) plus ``unet``/``vae``/
+    ``clip`` key reports and ``parts``. ``info["kind"]``: "pano", "pano_outpaint", "depth" or "depth_single_view".
     """
     ckpt = ckpt_io.read_checkpoint(path, select=ckpt_io.is_caa_key)
     layout = ckpt_io.classify(ckpt.state_dict, ckpt.metadata)
     ckpt_io.check_whole_model(path, layout, ckpt.state_dict)
-    caa_sd, info = ckpt_io.caa_state_dict_from(ckpt, layout)
+    if layout.spec.caa_blocks:
+        caa_sd, info = ckpt_io.caa_state_dict_from(ckpt, layout)
+    else:
+        caa_sd, info = None, ckpt_io.model_info(ckpt, layout)
     name = ckpt.path.name
     del ckpt
 
@@ -257,12 +313,15 @@ def load_mvdiffusion_checkpoint(path):
     model, unet_report = load_unet_part(part("unet"), f"{path} (UNet)")
     if unet_report["in_channels"] != layout.spec.unet_in:  # pragma: no cover - classify() already guarantees it
         raise checkpoint_error(path, f"UNet with {unet_report['in_channels']} input channels for a {layout.kind} model")
+    if layout.spec.unet_in == DEPTH_UNET_IN:
+        make_depth_model(model, name)
     vae, vae_report = load_vae_part(part("vae"), f"{path} (VAE)")
     clip, clip_report = load_clip_part(part("text_encoder"), f"{path} (text encoder)", _embedding_directory())
     info.update(unet=unet_report, vae=vae_report, clip=clip_report, parts=list(layout.parts))
-    log.info("MVDiffusion: loaded %s (%s): UNet %s %s, CAA %d blocks (%s, %s)", name, layout.kind,
-             unet_report["model_config"], unet_report["model_type"], info["num_blocks"],
-             ckpt_io.describe_widths(info["widths"]), info["dtype"])
+    caa = "no CAA blocks" if caa_sd is None else (
+        f"CAA {info['num_blocks']} blocks ({ckpt_io.describe_widths(info['widths'])}, {info['dtype']})")
+    log.info("MVDiffusion: loaded %s (%s): UNet %s %s, %d input channels, %s", name, layout.kind,
+             unet_report["model_config"], unet_report["model_type"], unet_report["in_channels"], caa)
     if clip_report["filled"]:
         log.info("MVDiffusion: %s: the text encoder's unused layer %s and text_projection were filled as identity "
                  "(the official SD2 text encoder has 23 of OpenCLIP-H's 24 layers)", name,
@@ -271,7 +330,8 @@ def load_mvdiffusion_checkpoint(path):
 
 
 def load_caa_weights_file(path):
-    """CAA weights for 'Load CAA Weights': this pack's .safetensors or an official pano/pano_outpaint.ckpt.
+    """CAA weights for 'Load CAA Weights': this pack's .safetensors or an official pano/pano_outpaint/depth_gen
+    .ckpt (or its whole .safetensors).
 
     Returns ``(caa_state_dict, info)`` (see :func:`caa.checkpoint.load_caa_state_dict`).
     """

@@ -1,10 +1,14 @@
-"""Loader nodes: an official MVDiffusion checkpoint (everything in one file), or CAA weights alone."""
+"""Loader nodes: an official MVDiffusion checkpoint (everything in one file), or CAA weights alone.
+
+The caa output carries :class:`~nodes.caa_weights.CAAWeights` (panorama blocks), ``DepthCAAWeights``
+(depth_gen.ckpt's blocks and condition encoders) or ``NoCAA`` (depth_single_view.ckpt, which has none).
+"""
 from __future__ import annotations
 
 import folder_paths
 from comfy_api.latest import io
 
-from .caa_weights import CAAWeights
+from .caa_weights import CAAWeights, DepthCAAWeights, NoCAA
 from .checkpoint_loading import load_caa_weights_file, load_mvdiffusion_checkpoint
 from .io_types import CATEGORY, CAA
 
@@ -23,6 +27,13 @@ def model_path(node: str, name: str) -> str:
     return path
 
 
+def caa_weights(caa_sd: dict | None, info: dict):
+    """What the caa socket carries for the CAA weights of a file (``caa_sd`` None: a model without blocks)."""
+    if caa_sd is None:
+        return NoCAA(info)
+    return (DepthCAAWeights if info["kind"] == "depth" else CAAWeights)(caa_sd, info)
+
+
 class LoadMVDiffusionCheckpoint(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -30,12 +41,15 @@ class LoadMVDiffusionCheckpoint(io.ComfyNode):
             node_id="MVDiffusionCheckpointLoader",
             display_name="Load MVDiffusion Checkpoint",
             category=CATEGORY,
-            description="Loads an official MVDiffusion checkpoint (pano.ckpt, pano_outpaint.ckpt, or its "
-                        "whole .safetensors conversion) from models/mvdiffusion: the SD2 model, text encoder "
-                        "and VAE it contains, and its correspondence-aware attention weights. One file, ready "
-                        "to sample. CAA-only files go to 'Load CAA Weights'.",
+            description="Loads an official MVDiffusion checkpoint (pano.ckpt, pano_outpaint.ckpt, depth_gen.ckpt, "
+                        "depth_single_view.ckpt, or its whole .safetensors conversion) from models/mvdiffusion: "
+                        "the SD2 model, text encoder and VAE it contains, and its correspondence-aware attention "
+                        "weights (none in depth_single_view.ckpt). One file, ready to sample. The two depth "
+                        "models take their depth channel from 'Depth Conditioning'. CAA-only files go to "
+                        "'Load CAA Weights'.",
             inputs=[io.Combo.Input("ckpt_name", options=model_files(),
-                                   tooltip="An official MVDiffusion .ckpt in models/mvdiffusion, or the "
+                                   tooltip="An official MVDiffusion .ckpt in models/mvdiffusion (pano.ckpt, "
+                                           "pano_outpaint.ckpt, depth_gen.ckpt, depth_single_view.ckpt), or the "
                                            ".safetensors written from it by the converter's --whole option.")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), CAA.Output(display_name="caa")],
         )
@@ -47,7 +61,7 @@ class LoadMVDiffusionCheckpoint(io.ComfyNode):
             model, clip, vae, caa_sd, info = load_mvdiffusion_checkpoint(model_path(node, ckpt_name))
         except ValueError as e:
             raise ValueError(f"{node}: {e}") from None
-        return io.NodeOutput(model, clip, vae, CAAWeights(caa_sd, info))
+        return io.NodeOutput(model, clip, vae, caa_weights(caa_sd, info))
 
 
 class LoadCAAWeights(io.ComfyNode):
@@ -58,10 +72,11 @@ class LoadCAAWeights(io.ComfyNode):
             display_name="Load CAA Weights",
             category=CATEGORY,
             description="Loads only the correspondence-aware attention weights (a converted .safetensors or an "
-                        "official .ckpt) to pair with the host's own SD2 checkpoint loader.",
+                        "official pano.ckpt, pano_outpaint.ckpt or depth_gen.ckpt) to pair with the host's own "
+                        "SD2 checkpoint loader.",
             inputs=[io.Combo.Input("caa_name", options=model_files(),
                                    tooltip="CAA weights in models/mvdiffusion (.safetensors from the converter, "
-                                           "or an official .ckpt or its whole .safetensors).")],
+                                           "or an official .ckpt with CAA blocks or its whole .safetensors).")],
             outputs=[CAA.Output(display_name="caa")],
         )
 
@@ -72,4 +87,4 @@ class LoadCAAWeights(io.ComfyNode):
             caa_sd, info = load_caa_weights_file(model_path(node, caa_name))
         except ValueError as e:
             raise ValueError(f"{node}: {e}") from None
-        return io.NodeOutput(CAAWeights(caa_sd, info))
+        return io.NodeOutput(caa_weights(caa_sd, info))

@@ -51,6 +51,6 @@ if [ "$mode" = test ]; then
   # the random test models, built once into the cache before the tests start (the 5 GB official-layout
   # checkpoint needs about 5.5 GB while it is written: better not on top of a running test session)
   echo "[bootstrap] random test models:"
-  "$py" scripts/random_weights.py pano pano_outpaint sd2 sd2_inpainting caa caa_outpaint controlnet lora | sed 's/^/  /'
+  "$py" scripts/random_weights.py pano pano_outpaint depth sd2 sd2_inpainting caa caa_outpaint depth_unet caa_depth controlnet lora | sed 's/^/  /'
 fi
 echo "[bootstrap] ready"

@@ -188,7 +188,7 @@ def scene_texturing(info: dict) -> dict:
                    depth_scale=0.0, start=0, stride=1, count=0, width=256, height=192)
     keys = g.add("MVDiffusionSelectKeyFrames", (40, 440), scene=frames.out(0), threshold=0.6, max_between=10,
                  include_last=True)
-    g.add("PreviewImage", (40, 640), size=(300, 300), title="Overlap of all frames (key frames red)",
+    g.add("PreviewImage", (40, 720), size=(300, 300), title="Overlap of all frames (key frames red)",
           images=keys.out(2))
     ckpt = g.add("MVDiffusionCheckpointLoader", (420, 60), ckpt_name="depth_gen.ckpt")
     pos = g.add("CLIPTextEncode", (420, 220), size=(400, 160), title="Prompt", clip=ckpt.out(1), text=ROOM)
@@ -201,16 +201,16 @@ def scene_texturing(info: dict) -> dict:
                     positive=cond.out(0), negative=cond.out(1), latent_image=cond.out(2), seed=0, steps=50, cfg=9.0,
                     sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
     key_images = g.add("VAEDecode", (1560, 60), samples=sampled.out(0), vae=ckpt.out(2))
-    g.add("SaveImage", (1560, 180), size=(400, 300), images=key_images.out(0),
+    g.add("SaveImage", (1580, 200), size=(400, 300), images=key_images.out(0),
           filename_prefix="mvdiffusion/scene_key_frame")
     frames_out = g.add("MVDiffusionInBetweenFrames", (1200, 440), size=(340, 420), model=ckpt.out(0), caa=ckpt.out(3),
                        vae=ckpt.out(2), scene=frames.out(0), groups=keys.out(1), key_images=key_images.out(0),
                        positive=pos.out(0), negative=neg.out(0), seed=0, steps=50, cfg=9.0, sampler_name="ddim",
                        scheduler="ddim_uniform", threshold=0.3)
-    g.add("SaveImage", (1600, 540), size=(400, 300), images=frames_out.out(0), filename_prefix="mvdiffusion/scene_frame")
-    cloud = g.add("MVDiffusionSavePointCloud", (1600, 880), scene=frames_out.out(1), images=frames_out.out(0), every=2,
+    g.add("SaveImage", (1600, 560), size=(400, 300), images=frames_out.out(0), filename_prefix="mvdiffusion/scene_frame")
+    cloud = g.add("MVDiffusionSavePointCloud", (1600, 900), scene=frames_out.out(1), images=frames_out.out(0), every=2,
                   y_up=True, filename_prefix="mvdiffusion/scene")
-    g.add("Preview3D", (2040, 880), size=(400, 400), model_file=cloud.out(0))
+    g.add("Preview3D", (2040, 900), size=(400, 400), model_file=cloud.out(0))
     g.note((420, 760), "Put depth_gen.ckpt (MVDiffusion release) into models/mvdiffusion/ and a depth scan into "
                        "ComfyUI's input folder ('scan': a ScanNet folder with color/, depth/ in mm, pose/ and "
                        "intrinsic/; or a transforms.json, or a COLMAP model with depth maps). Key frames (overlap "

@@ -222,9 +222,19 @@ def official_tensor(name: str, shape, dtype, seed: int = 0, gain: float = 0.5) -
     return torch.randn(shape, generator=gen).mul_(std).to(dtype)
 
 
-def official_state_dict(kind: str = "pano", seed: int = 0, select=None, model_channels: int = 320) -> dict:
-    """The random ``state_dict`` of an official checkpoint (or the keys for which ``select(name)`` is true)."""
-    return {name: official_tensor(name, shape, dtype, seed)
+def stored_dtype(name: str, dtype, weights_dtype=None):
+    """The dtype a tensor is written in: ``weights_dtype`` (when given) for floating weights; the positional-
+    encoding frequencies and integer buffers always as in the official file."""
+    if weights_dtype is None or not dtype.is_floating_point or name.endswith("pe.freq_bands"):
+        return dtype
+    return weights_dtype
+
+
+def official_state_dict(kind: str = "pano", seed: int = 0, select=None, model_channels: int = 320,
+                        weights_dtype=None) -> dict:
+    """The random ``state_dict`` of an official checkpoint (or the keys for which ``select(name)`` is true);
+    ``weights_dtype`` (e.g. torch.float16) stores the floating weights in that dtype (see :func:`stored_dtype`)."""
+    return {name: official_tensor(name, shape, stored_dtype(name, dtype, weights_dtype), seed)
             for name, shape, dtype in official_keys(kind, model_channels) if select is None or select(name)}
 
 
@@ -314,19 +324,39 @@ def save_lightning_checkpoint(path: Path, state_dict: dict, kind: str = "pano", 
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def official_checkpoint(out_dir: Path, kind: str = "pano", seed: int = 0, model_channels: int = 320) -> Path:
+def official_checkpoint(out_dir: Path, kind: str = "pano", seed: int = 0, model_channels: int = 320,
+                        weights_dtype=None) -> Path:
     """Build (once, cached by name) a random Lightning ``.ckpt`` in the exact layout of an official release.
 
     Full size (``model_channels=320``) it is ~5 GB (pano: 1.44 G elements, 5.07 GB; about 30 s here, peak
     RSS 5.5 GB): the tensors are generated one by one directly in their final dtype (no fp32 copy of the
     fp16 text encoder) and written with ``torch.save`` to a temporary file renamed into place.
+    ``weights_dtype=torch.float16`` writes the same names and shapes with fp16 weights (half the size: the
+    depth models, whose official text encoder is fp32, are tested that way; the readers do not care).
     """
     suffix = "" if model_channels == 320 else f"_c{model_channels}"
+    if weights_dtype is not None:
+        suffix += "_" + str(weights_dtype).removeprefix("torch.")
     path = Path(out_dir) / f"mvd_official_{kind}_v{OFFICIAL_VERSION}_s{seed}{suffix}.ckpt"
     if path.exists():
         return path
     keys = official_keys(kind, model_channels)
     state_dict = {}
     for name, shape, dtype in keys:
-        state_dict[name] = official_tensor(name, shape, dtype, seed)
+        state_dict[name] = official_tensor(name, shape, stored_dtype(name, dtype, weights_dtype), seed)
     return save_lightning_checkpoint(path, state_dict, kind, keys)
+
+
+def derived_checkpoint(src: Path, dst: Path, kind: str) -> Path:
+    """Write the official checkpoint of ``kind`` whose tensors are a subset of another random official
+    checkpoint ``src`` of the same seed and width (e.g. depth_single_view.ckpt from depth_gen.ckpt: the same
+    VAE, text encoder and UNet names), without generating them again. ``src`` is read memory-mapped, so this
+    holds no copy of it; every tensor's shape is checked against the layout of ``kind``."""
+    state = torch.load(src, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    width = int(state["mv_base_model.unet.conv_in.weight"].shape[0])
+    keys = official_keys(kind, width)
+    wrong = [name for name, shape, _ in keys if name not in state or tuple(state[name].shape) != tuple(shape)]
+    if wrong:
+        raise ValueError(f"{src} has no {kind} layout inside: {len(wrong)} tensors missing or of another shape "
+                         f"(e.g. {', '.join(wrong[:3])})")
+    return save_lightning_checkpoint(dst, {name: state[name] for name, _, _ in keys}, kind, keys)

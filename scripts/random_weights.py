@@ -130,10 +130,19 @@ def sd2_checkpoint(out_dir: Path, seed: int = 0, in_channels: int = 4) -> Path:
     return atomic_write(path, write)
 
 
+def test_condition_widths(widths: dict | None = None) -> dict:
+    """The depth model's condition-encoder widths for the test UNet (or given CAA widths): C0 = the first level's
+    width; down level i: the width entering it; up level i: the width entering it (the mid's, then the decoder's)."""
+    widths = widths or test_unet_widths()
+    base = widths["encoder"][0]
+    return {"base": base, "down": [base] + widths["encoder"][:-1], "up": [widths["mid"]] + widths["decoder"][:-1]}
+
+
 def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale: float = 1.0,
                 model_kind: str = "pano") -> Path:
     """Build (once) random CAA weights for the test UNet (or given widths) in this pack's format, labelled
-    ``model_kind`` ("pano", or "pano_outpaint" for the inpainting UNet)."""
+    ``model_kind`` ("pano", "pano_outpaint" for the inpainting UNet, or "depth": depth CPBlocks and condition
+    encoders for the 5-channel UNet)."""
     widths = widths or test_unet_widths()
     tag = "-".join(map(str, widths["encoder"])) + f"_{widths['mid']}_" + "-".join(map(str, widths["decoder"]))
     kind = "" if model_kind == "pano" else f"_{model_kind}"
@@ -144,9 +153,13 @@ def caa_weights(out_dir: Path, seed: int = 0, widths: dict | None = None, scale:
     pack = comfy_host.import_pack()
     from importlib import import_module
 
-    blockset = import_module(f"{pack.__name__}.caa.blockset")
     checkpoint = import_module(f"{pack.__name__}.caa.checkpoint")
-    caa = blockset.CAASet(widths["encoder"], widths["mid"], widths["decoder"])
+    if model_kind == "depth":
+        sets = import_module(f"{pack.__name__}.caa.depth_blockset")
+        caa = sets.DepthCAASet(widths["encoder"], widths["mid"], widths["decoder"], test_condition_widths(widths))
+    else:
+        caa = import_module(f"{pack.__name__}.caa.blockset").CAASet(widths["encoder"], widths["mid"],
+                                                                    widths["decoder"])
     init_parameters(caa, seed, gain=0.5 * scale)
     return checkpoint.save_caa_file(caa.state_dict(), path, source="random (tests)", model_kind=model_kind,
                                     dtype=torch.float16)  # written atomically
@@ -221,6 +234,37 @@ def official_pano_outpaint(out_dir: Path, seed: int = 0) -> Path:
     return official_layouts.official_checkpoint(out_dir, "pano_outpaint", seed)
 
 
+def official_depth(out_dir: Path, seed: int = 0) -> Path:
+    """The full-size random checkpoint in the official depth_gen.ckpt layout (5-channel UNet, depth CPBlocks,
+    condition encoders) with fp16 weights (3.3 GB instead of 6.5 GB; freq_bands float32, names and shapes
+    official). Its single-view sibling is ``official_layouts.derived_checkpoint(..., "depth_single_view")``."""
+    import official_layouts
+
+    return official_layouts.official_checkpoint(out_dir, "depth", seed, weights_dtype=torch.float16)
+
+
+def depth_unet(out_dir: Path, seed: int = 0) -> Path:
+    """Build (once) the random SD2-depth test UNet (the test UNet with 5 input channels) as a UNet-only file in
+    ComfyUI's names, for the host's UNETLoader (Load Diffusion Model)."""
+    path = Path(out_dir) / f"mvd_test_depth_unet_v{VERSION}_s{seed}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy_host.import_host()
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD20(test_unet_config(in_channels=5))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_parameters(model.diffusion_model, seed + 5)
+    return _save_once(path, model.diffusion_model.state_dict())
+
+
+def caa_depth(out_dir: Path, seed: int = 0) -> Path:
+    """Random depth CAA weights (CPBlocks and condition encoders) for the test UNet, in this pack's format."""
+    return caa_weights(out_dir, seed, model_kind="depth")
+
+
 def sd2_inpainting(out_dir: Path, seed: int = 0) -> Path:
     """The random SD2-inpainting test checkpoint (9-channel test UNet, host format)."""
     return sd2_checkpoint(out_dir, seed, in_channels=9)
@@ -231,9 +275,9 @@ def caa_outpaint(out_dir: Path, seed: int = 0) -> Path:
     return caa_weights(out_dir, seed, model_kind="pano_outpaint")
 
 
-BUILDERS = {"pano": official_pano, "pano_outpaint": official_pano_outpaint, "sd2": sd2_checkpoint,
-            "sd2_inpainting": sd2_inpainting, "caa": caa_weights, "caa_outpaint": caa_outpaint,
-            "controlnet": controlnet, "lora": lora}
+BUILDERS = {"pano": official_pano, "pano_outpaint": official_pano_outpaint, "depth": official_depth,
+            "sd2": sd2_checkpoint, "sd2_inpainting": sd2_inpainting, "caa": caa_weights, "caa_outpaint": caa_outpaint,
+            "depth_unet": depth_unet, "caa_depth": caa_depth, "controlnet": controlnet, "lora": lora}
 
 
 def main(argv=None) -> int:

@@ -110,12 +110,9 @@ def fp16_weights(comfy):
     return options
 
 
-@pytest.fixture(autouse=True, scope="module")
-def release_memory_between_modules():
-    """After each test module: collect garbage and hand the C allocator's free memory back to the system
-    (glibc keeps freed blocks of its arenas otherwise), so that one module's models do not stay in the
-    process's memory for the next ones."""
-    yield
+def _free_memory() -> None:
+    """Collect garbage and hand the C allocator's free memory back to the system (glibc keeps freed blocks of
+    its arenas otherwise)."""
     import ctypes
     import gc
 
@@ -124,3 +121,18 @@ def release_memory_between_modules():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+@pytest.fixture(scope="session")
+def free_memory():
+    """``free_memory()``: what happens after every module (below), for a test that drops a big model before
+    the next one is loaded in the same module."""
+    return _free_memory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_memory_between_modules():
+    """After each test module: :func:`_free_memory`, so that one module's models do not stay in the process's
+    memory for the next ones."""
+    yield
+    _free_memory()

@@ -183,11 +183,14 @@ def refusal_error(path, layout: Layout, state_dict: dict, wanted: str = "CAA wei
                                   f"{sample})", f"Expected {OFFICIAL_HINT}")
 
 
-def check_whole_model(path, layout: Layout, state_dict: dict,
-                      todo: str = "Use 'Load CAA Weights' with a separate SD2 checkpoint") -> None:
+def check_whole_model(path, layout: Layout, state_dict: dict, todo: str | None = None) -> None:
     """Raise unless ``layout`` is a complete MVDiffusion model this pack loads (a layout with ``unet_in``: pano,
     pano_outpaint, depth, depth_single_view; its UNet, VAE and text encoder, and the CAA blocks where the layout
-    has them); ``todo`` says what to do with a file that lacks some parts."""
+    has them); ``todo`` says what to do with a file that lacks some parts (default: use its CAA weights with
+    'Load CAA Weights', or download a file without CAA blocks again)."""
+    if todo is None:
+        todo = ("Use 'Load CAA Weights' with a separate SD2 checkpoint" if layout.spec.caa_blocks
+                else "The file is incomplete; download it again")
     if layout.kind == CAA:
         raise checkpoint_error(path, "this file only holds CAA weights (no UNet, text encoder or VAE)",
                                "Load it with 'Load CAA Weights' next to ComfyUI's Load Checkpoint with an SD2 model")

@@ -194,15 +194,17 @@ def _small(tmp_path, name, kind, select=None):
     return layouts.save_lightning_checkpoint(tmp_path / name, sd, kind)
 
 
-def test_the_checkpoint_loader_refuses_what_is_not_a_whole_panorama_model(loading, tmp_path):
+def test_the_checkpoint_loader_refuses_what_is_not_a_whole_mvdiffusion_model(loading, tmp_path):
     ours = tmp_path / "pano.caa.safetensors"
     caa = {k[len("mv_base_model."):]: v for k, v in
            layouts.official_state_dict("pano", model_channels=64, select=lambda k: "cp_blocks_" in k).items()}
     ck.save_caa_file(caa, ours, source="pano.ckpt", model_kind="pano")
     cases = [
         (ours, ("only holds CAA weights", "Load CAA Weights")),
-        (_small(tmp_path, "depth_gen.ckpt", "depth"), ("depth", "not the panorama CAA blocks")),
-        (_small(tmp_path, "depth_single_view.ckpt", "depth_single_view"), ("no CAA keys",)),
+        (_small(tmp_path, "depth_gen.ckpt", "depth"), ("lacks the text_encoder", "only holds: vae, unet, caa",
+                                                       "Load CAA Weights")),
+        (_small(tmp_path, "depth_single_view.ckpt", "depth_single_view"), ("lacks the text_encoder",
+                                                                           "download it again")),
         (_small(tmp_path, "caa_only.ckpt", "pano", lambda k: k.startswith("mv_base_model.cp_blocks_")),
          ("lacks the unet, vae, text_encoder",)),
     ]

@@ -129,18 +129,36 @@ def test_a_diffusers_unet_has_no_caa_keys(tmp_path):
     assert_names_file(e, path, "no CAA keys", "diffusers UNet")
 
 
-def test_the_depth_layout_is_refused_by_the_panorama_loader(tmp_path):
-    path = write_official(tmp_path / "depth_gen.ckpt", "depth")
-    with pytest.raises(ck.CheckpointError) as e:
-        ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "depth", "CPBlock", "not the panorama CAA blocks")
-
-
-def test_the_single_view_depth_model_has_no_caa_keys(tmp_path):
+def test_the_single_view_depth_model_has_no_caa_keys_and_is_pointed_to_the_checkpoint_loader(tmp_path):
     path = write_official(tmp_path / "depth_single_view.ckpt", "depth_single_view")
     with pytest.raises(ck.CheckpointError) as e:
         ck.load_caa_state_dict(path)
-    assert_names_file(e, path, "no CAA keys", "single-view depth model")
+    assert_names_file(e, path, "no CAA keys", "single-view depth model", "Load MVDiffusion Checkpoint")
+
+
+def test_depth_condition_encoders_that_do_not_fit_the_unet_are_refused(tmp_path):
+    sd = {k: v for k, v in official_subset("depth").items() if not k.startswith("mv_base_model.condition_")}
+    path = write_official(tmp_path / "no_condition.ckpt", "depth", sd=sd)
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load_caa_state_dict(path)
+    assert_names_file(e, path, "condition encoders", "missing", "download depth_gen.ckpt again")
+    wider = layouts.official_state_dict("depth", select=lambda k: k.startswith("mv_base_model.condition_"),
+                                        model_channels=2 * SMALL)  # encoders of a UNet twice as wide
+    path = write_official(tmp_path / "mixed.ckpt", "depth", sd={**official_subset("depth"), **wider})
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load_caa_state_dict(path)
+    assert_names_file(e, path, "condition encoders' widths", "do not match the UNet's levels", "'base': 128",
+                      "'base': 64")
+
+
+def test_caa_metadata_that_names_the_other_kind_of_blocks_is_refused(tmp_path):
+    for kind, lie in (("depth", "pano"), ("pano", "depth")):
+        path = tmp_path / f"{kind}.safetensors"
+        save_file({k: v.contiguous() for k, v in caa_part(official_subset(kind)).items()}, path,
+                  metadata={"format": ck.FORMAT, "format_version": "1", "model_kind": lie, "source": "x"})
+        with pytest.raises(ck.CheckpointError) as e:
+            ck.load_caa_state_dict(path)
+        assert_names_file(e, path, f"metadata says '{lie}' weights", "damaged")
 
 
 def test_a_block_of_the_wrong_width_is_refused(tmp_path):

@@ -13,6 +13,9 @@ from safetensors import safe_open
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import official_layouts as layouts  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_files import caa_part as caa_of  # noqa: E402
+
 from comfyui_mvdiffusion.caa import checkpoint as ck  # noqa: E402
 from comfyui_mvdiffusion.caa import convert  # noqa: E402
 
@@ -24,17 +27,16 @@ EXTRA = ("mv_base_model.unet.conv_in.weight", "mv_base_model.unet.conv_out.weigh
 
 
 def small_official(tmp_path: Path, name: str = "pano.ckpt", kind: str = "pano") -> tuple[Path, dict]:
-    """A pano checkpoint in the official layout: all CAA blocks (64-px-channel UNet widths), the UNet level
-    shapes, and some UNet/VAE/text-encoder tensors that the conversion must leave out."""
+    """A checkpoint in the official layout of ``kind``: all CAA blocks (and depth condition encoders) for a UNet
+    of 64 channels, the UNet level shapes, and some UNet/VAE/text-encoder tensors that the conversion must
+    leave out."""
     def select(k):
-        return (k.startswith("mv_base_model.cp_blocks_") or k in EXTRA
+        return (k.startswith(("mv_base_model.cp_blocks_", "mv_base_model.condition_")) or k in EXTRA
                 or (k.startswith("mv_base_model.unet.") and k.endswith("conv2.weight") and ".resnets." in k))
     sd = layouts.official_state_dict(kind, select=select, model_channels=64)
     return layouts.save_lightning_checkpoint(tmp_path / name, sd, kind), sd
 
 
-def caa_of(sd: dict) -> dict:
-    return {k[len("mv_base_model."):]: v for k, v in sd.items() if k.startswith("mv_base_model.cp_blocks_")}
 
 
 def test_default_output_is_next_to_the_input_in_fp16_and_the_cli_prints_count_and_size(tmp_path, capsys):
@@ -212,7 +214,7 @@ def test_pip_installing_the_pack_gives_the_mvdiffusion_convert_command(tmp_path)
     check_converted(tmp_path / "pano.caa.safetensors", sd)
 
 
-@pytest.mark.parametrize("kind", ["pano", "pano_outpaint"])
+@pytest.mark.parametrize("kind", ["pano", "pano_outpaint", "depth"])
 def test_whole_keeps_every_tensor_and_dtype_and_classifies_like_the_ckpt(tmp_path, capsys, kind):
     src, sd = small_official(tmp_path, f"{kind}.ckpt", kind)
     assert convert.main([str(src), "--whole"]) == 0
@@ -230,6 +232,20 @@ def test_whole_keeps_every_tensor_and_dtype_and_classifies_like_the_ckpt(tmp_pat
     caa, info = ck.load_caa_state_dict(out)
     assert info["format"] == ck.WHOLE_FORMAT and info["source"] == f"{kind}.ckpt" and info["kind"] == kind
     assert all(torch.equal(caa[k], v) for k, v in caa_of(sd).items())
+
+
+def test_whole_converts_the_single_view_depth_model_which_has_no_caa_blocks(tmp_path, capsys):
+    src, sd = small_official(tmp_path, "depth_single_view.ckpt", "depth_single_view")
+    assert convert.main([str(src), "--whole"]) == 0
+    out = tmp_path / "depth_single_view.safetensors"
+    assert "depth_single_view whole checkpoint (UNet, VAE, text encoder) with no CAA blocks" in capsys.readouterr().out
+    whole = ck.read_checkpoint(out)
+    assert whole.metadata["model_kind"] == "depth_single_view" and whole.metadata["format"] == ck.WHOLE_FORMAT
+    assert set(whole.state_dict) == set(sd) and all(torch.equal(whole.state_dict[k], v) for k, v in sd.items())
+    assert ck.classify(whole.state_dict, whole.metadata).kind == "depth_single_view"
+    assert convert.main([str(src)]) == 1  # without --whole: nothing to extract
+    err = capsys.readouterr().err
+    assert str(src) in err and "no CAA keys" in err and "Load MVDiffusion Checkpoint" in err
 
 
 def test_whole_with_a_dtype_rounds_the_weights_but_never_the_frequencies(tmp_path):
@@ -253,7 +269,7 @@ def test_whole_refuses_what_is_not_a_complete_panorama_checkpoint_and_writes_not
                                                             select=lambda k: "cp_blocks_" in k), "depth")
     assert convert.main([str(depth), "--whole"]) == 1
     err = capsys.readouterr().err
-    assert str(depth) in err and "depth" in err
+    assert str(depth) in err and "lacks the unet, vae, text_encoder" in err
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".ckpt", ".ckpt"]
 
 
@@ -271,11 +287,13 @@ def test_a_disk_too_full_for_the_output_is_reported_before_writing_and_leaves_no
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.ckpt"]
 
 
-def test_the_outpainting_checkpoints_caa_weights_convert_and_load_as_outpaint_weights(tmp_path, capsys):
-    src, sd = small_official(tmp_path, "pano_outpaint.ckpt", kind="pano_outpaint")
+@pytest.mark.parametrize("kind", ["pano_outpaint", "depth"])
+def test_the_caa_weights_of_the_other_official_models_convert_and_load_as_their_kind(tmp_path, capsys, kind):
+    src, sd = small_official(tmp_path, f"{kind}.ckpt", kind=kind)
     assert convert.main([str(src)]) == 0
-    out = tmp_path / "pano_outpaint.caa.safetensors"
+    out = tmp_path / f"{kind}.caa.safetensors"
     with safe_open(str(out), framework="pt") as f:
-        assert f.metadata()["model_kind"] == "pano_outpaint" and set(f.keys()) == set(caa_of(sd))
+        assert f.metadata()["model_kind"] == kind and set(f.keys()) == set(caa_of(sd))
     loaded, info = ck.load_caa_state_dict(out)
-    assert info["kind"] == "pano_outpaint" and set(loaded) == set(caa_of(sd))
+    assert info["kind"] == kind and set(loaded) == set(caa_of(sd))
+    assert any(k.startswith("condition_") for k in loaded) == (kind == "depth")

@@ -93,7 +93,8 @@ def workflow_models(cache_dir):
     ``pano(server)`` the full-size official-layout ``pano.ckpt`` (5 GB, built once: about 30 s and 5.5 GB of
     memory), ``pano_outpaint(server)`` the same for ``pano_outpaint.ckpt`` plus the ``photo.png`` that
     ``image_to_panorama.json`` loads, ``sd2(server)`` the SD2 test checkpoint and the CAA weights of ``text_to_panorama_sd2.json``,
-    ``sd2_inpainting(server)`` the SD2-inpainting test checkpoint and outpaint CAA weights."""
+    ``sd2_inpainting(server)`` the SD2-inpainting test checkpoint and outpaint CAA weights, ``depth(server)`` the
+    host route of the depth workflow, ``depth_gen(server)`` the official-layout depth_gen.ckpt."""
     def pano(server) -> str:
         return install_model(server, official_layouts.official_checkpoint(cache_dir, "pano"), "mvdiffusion",
                              "pano.ckpt")
@@ -112,4 +113,16 @@ def workflow_models(cache_dir):
                       "512-inpainting-ema.safetensors")
         install_model(server, random_weights.caa_outpaint(cache_dir), "mvdiffusion", "pano_outpaint.caa.safetensors")
 
-    return types.SimpleNamespace(pano=pano, pano_outpaint=pano_outpaint, sd2=sd2, sd2_inpainting=sd2_inpainting)
+    def depth(server) -> None:
+        """The host route of scene_texturing.json: the SD2 test checkpoint (CLIP, VAE), the SD2-depth test UNet
+        and random depth CAA weights."""
+        install_model(server, random_weights.sd2_checkpoint(cache_dir), "checkpoints", "512-base-ema.safetensors")
+        install_model(server, random_weights.depth_unet(cache_dir), "diffusion_models", "512-depth-unet.safetensors")
+        install_model(server, random_weights.caa_depth(cache_dir), "mvdiffusion", "depth_gen.caa.safetensors")
+
+    def depth_gen(server) -> str:
+        """The official-layout depth_gen.ckpt (fp16 weights, 3.3 GB; built once)."""
+        return install_model(server, random_weights.official_depth(cache_dir), "mvdiffusion", "depth_gen.ckpt")
+
+    return types.SimpleNamespace(pano=pano, pano_outpaint=pano_outpaint, sd2=sd2, sd2_inpainting=sd2_inpainting,
+                                 depth=depth, depth_gen=depth_gen)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import comfy_host  # noqa: E402
 from comfy_host import requirement_name  # noqa: E402
-from workflow_api import ui_to_api  # noqa: E402
+from workflow_api import declared_inputs, ui_to_api  # noqa: E402
 
 pytestmark = [pytest.mark.host, pytest.mark.server, pytest.mark.browser]
 
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update"]
 VIEWPORT = {"width": 1920, "height": 1080}
 WORKFLOWS = ["text_to_panorama.json", "text_to_panorama_sd2.json", "image_to_panorama.json",
-             "text_to_full_panorama.json"]
+             "text_to_full_panorama.json", "scene_texturing.json"]
 # first-run dialogs and banners that would cover the canvas
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 INIT_SCRIPT = "localStorage.setItem('vueNodesBannerDismissed', 'true')"
@@ -77,6 +77,7 @@ def prepare(server, workflow_models) -> None:
     workflow_models.pano(server)
     workflow_models.pano_outpaint(server)
     workflow_models.sd2(server)
+    workflow_models.depth_gen(server)
     settings = server.base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(SETTINGS))
@@ -209,8 +210,15 @@ def test_the_frontend_opens_the_workflow_with_no_missing_or_flagged_node_and_pro
 
     # the frontend's own UI -> API conversion equals the one the server tests and the demo use
     frontend_prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
-    ours = ui_to_api(workflow, server.object_info())
-    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
+    info = server.object_info()
+    ours = ui_to_api(workflow, info)
+
+    def strip(prompt):  # the inputs the nodes declare (the server ignores the rest, e.g. Preview 3D's canvas image)
+        return {k: {"class_type": v["class_type"],
+                    "inputs": {name: value for name, value in v["inputs"].items()
+                               if name in dict(declared_inputs(info[v["class_type"]]))}}
+                for k, v in prompt.items()}
+
     assert strip(frontend_prompt) == strip(ours)
 
     shot = tmp_path / name.replace(".json", ".png")

@@ -122,9 +122,7 @@ def make_depth_caa(comfy):
     def make(zero: bool = False, seed: int = 7):
         sets = comfy.module("caa.depth_blockset")
         w = random_weights.test_unet_widths()
-        base = w["encoder"][0]
-        condition = {"base": base, "down": [base] + w["encoder"][:-1], "up": [w["mid"]] + w["decoder"][:-1]}
-        caa = sets.DepthCAASet(w["encoder"], w["mid"], w["decoder"], condition)
+        caa = sets.DepthCAASet(w["encoder"], w["mid"], w["decoder"], random_weights.test_condition_widths())
         random_weights.init_parameters(caa, seed)
         if zero:
             caa.zero_()
