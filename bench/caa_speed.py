@@ -104,16 +104,15 @@ def load_average() -> str:
 
 
 # ---- models -----------------------------------------------------------------------------------------------
-def plain_unet(mm, seed: int = 0, dtype=torch.float32):
-    """ComfyUI's SD2-base UNet (detected as SD20) with random weights in a ModelPatcher on the host's device:
-    (patcher, number of UNet parameters)."""
+def plain_unet(mm, seed: int = 0, dtype=torch.float32, **unet_config):
+    """ComfyUI's SD2 UNet (SD20; ``unet_config`` overrides, e.g. in_channels=5), random weights: (patcher, params)."""
     import comfy.model_detection
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = comfy.model_detection.model_config_from_unet_config(dict(SD2_BASE_UNET))
+    config = comfy.model_detection.model_config_from_unet_config(dict(SD2_BASE_UNET, **unet_config))
     if not isinstance(config, comfy.supported_models.SD20):
-        raise RuntimeError(f"ComfyUI detects the SD2-base config as {type(config).__name__}, not SD20")
+        raise RuntimeError(f"ComfyUI detects the SD2 config as {type(config).__name__}, not SD20")
     config.set_inference_dtype(dtype, None)
     model = config.get_model({})
     init_parameters(model.diffusion_model, seed)
@@ -124,6 +123,8 @@ def plain_unet(mm, seed: int = 0, dtype=torch.float32):
 
 class Bench:
     """The UNet, the CAA blocks and the three configurations (ModelPatchers) for one view size."""
+
+    concat = None  # extra input channels (views, C, h, w) passed as c_concat (the depth model's depth channel)
 
     def __init__(self, mm, pack, size: int, views: int, seed: int = 0, dtype=torch.float32):
         import comfy.model_patcher
@@ -168,7 +169,8 @@ class Bench:
         patcher = self.patcher(config)
         options = patcher.model_options.get("transformer_options", {})
         x, sigma, ctx = (t.to(self.device) for t in (self.x, self.sigma, self.context))
-        out = patcher.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=options)
+        out = patcher.model.apply_model(x, sigma, c_concat=None if self.concat is None else self.concat.to(self.device),
+                                        c_crossattn=ctx, transformer_options=options)
         synchronize(self.device)
         return out
 

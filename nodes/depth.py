@@ -85,7 +85,8 @@ class DepthConditioning(io.ComfyNode):
             description="Gives the SD2-depth UNet its 5th input channel: each frame's inverse depth normalised to "
                         "[-1, 1] with its own min/max (pixels without depth -2), at the latent size, as the official "
                         "dataset code computes it. Also gives the empty latent of the frames.",
-            inputs=[io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
+            inputs=[io.Conditioning.Input("positive", tooltip="The prompt (CLIP Text Encode of the depth checkpoint)."),
+                    io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),
                     Scene.Input("scene", tooltip="The frames to generate (the same as the correspondences').")],
             outputs=[io.Conditioning.Output(display_name="positive"),
                      io.Conditioning.Output(display_name="negative"),
@@ -146,7 +147,7 @@ class KeyFrameConditioning(io.ComfyNode):
             description="Known key frames for the interpolation stage (official: the two generated key frames at "
                         "both ends of a group of frames): their VAE latents with mask 1, zeros with mask 0 for the "
                         "frames to generate. Connect to Apply MVDiffusion (Depth).",
-            inputs=[io.Vae.Input("vae"),
+            inputs=[io.Vae.Input("vae", tooltip="The depth checkpoint's VAE (encodes the key frames)."),
                     io.Image.Input("images", tooltip="The key frames' images, one per position, in that order."),
                     DepthScene.Input("correspondences", tooltip="The frames of the group (key frames included)."),
                     io.String.Input("positions", default="first,last",

@@ -33,7 +33,13 @@ def test_an_unknown_demo_workflow_is_refused_with_the_workflows_there_are(repo, 
     assert demo.main([]) == 2
     err = capsys.readouterr().err
     assert "no workflow" in err
-    assert "image_to_panorama, text_to_full_panorama, text_to_panorama, text_to_panorama_sd2" in err
+    assert "image_to_panorama, text_to_full_panorama, text_to_panorama, text_to_panorama_sd2)" in err
+
+
+def test_the_scene_texturing_workflow_is_not_a_demo_and_the_demo_says_where_it_runs(repo, monkeypatch, capsys):
+    monkeypatch.setenv("DEMO_WORKFLOW", "scene_texturing")
+    assert demo.main([]) == 2
+    assert "textures a depth scan of yours" in capsys.readouterr().err
 
 
 def test_the_full_panorama_demo_names_each_missing_checkpoint_in_turn(repo, monkeypatch, capsys):
