@@ -20,6 +20,19 @@ MODEL_TOOLTIP = ("An SD2 model: SD2-base for pano CAA weights, SD2-inpainting (9
                  "CAA weights.")
 
 
+def sampler_inputs(seed_tooltip: str, steps_tooltip: str = "Denoising steps.") -> list:
+    """seed, steps, cfg, sampler_name, scheduler with the official defaults (DDIM, 50 steps, guidance 9)."""
+    return [io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                         tooltip=seed_tooltip),
+            io.Int.Input("steps", default=50, min=1, max=10000, tooltip=steps_tooltip),
+            io.Float.Input("cfg", default=9.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                           tooltip="Classifier-free guidance scale (official 9)."),
+            io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim",
+                           tooltip="Sampling algorithm (official: DDIM)."),
+            io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
+                           tooltip="Noise schedule.")]
+
+
 def unet_in_channels(model) -> int | None:
     """The input channels of the MODEL's UNet (4 SD2-base, 9 SD2-inpainting), or None when unknown."""
     config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
@@ -101,15 +114,7 @@ class MVDiffusionKSampler(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),
                 io.Latent.Input("latent_image", tooltip="scenes x views latents in camera order, at the cameras' "
                                                         "size (Empty Panorama Latent)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Noise seed; every view gets its own independent noise."),
-                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Denoising steps."),
-                io.Float.Input("cfg", default=9.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim",
-                               tooltip="Sampling algorithm."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
-                               tooltip="Noise schedule."),
+                *sampler_inputs("Noise seed; every view gets its own independent noise."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Amount of denoising (below 1 keeps part of the input latent)."),
             ],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import torch
-import comfy.samplers
 import comfy.utils
 import nodes as host_nodes
 from comfy_api.latest import io
@@ -16,6 +15,7 @@ from ..geometry.depth_correspondences import NEIGHBOUR_OVERLAP
 from ..scenes import scene_correspondences
 from .depth import KeyFrameLatents, apply_depth, depth_conditioning
 from .io_types import CATEGORY, CAA, Scene
+from .sampling import sampler_inputs
 
 __all__ = ["InBetweenFrames", "parse_groups", "generate_in_betweens"]
 
@@ -90,15 +90,8 @@ class InBetweenFrames(io.ComfyNode):
                     io.Conditioning.Input("positive", tooltip="The prompt (without Depth Conditioning: each group "
                                                               "gets its own)."),
                     io.Conditioning.Input("negative", tooltip="The negative prompt (official: empty)."),
-                    io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                                 tooltip="Noise seed of the first group; group g uses seed + g."),
-                    io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Denoising steps per group."),
-                    io.Float.Input("cfg", default=9.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                                   tooltip="Classifier-free guidance scale (official 9)."),
-                    io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim",
-                                   tooltip="Sampling algorithm (official: DDIM)."),
-                    io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
-                                   tooltip="Noise schedule."),
+                    *sampler_inputs("Noise seed of the first group; group g uses seed + g.",
+                                    "Denoising steps per group."),
                     io.Float.Input("threshold", default=NEIGHBOUR_OVERLAP, min=0.0, max=1.0, step=0.01,
                                    tooltip="Neighbour overlap of the depth CAA (official 0.3).")],
             outputs=[io.Image.Output(display_name="images", tooltip="Every frame the groups cover, in frame order."),
