@@ -29,7 +29,18 @@ from .patch import MultiViewError, MultiViewPatch, install
 from .placement import Site, check_sites, condition_sites, depth_sites
 from .run_cache import RunCache
 
-__all__ = ["DepthPatch", "DepthRunCache", "patch_depth_model"]
+__all__ = ["DepthPatch", "DepthRunCache", "patch_depth_model", "DEPTH_UNET_IN", "DEPTH_CHANNEL_KEY",
+           "conditionings_without_depth"]
+
+DEPTH_UNET_IN = 5  # 4 latent channels + the depth channel
+DEPTH_CHANNEL_KEY = "noise_concat"  # the conditioning key that carries the depth channel (the host's c_concat)
+
+
+def conditionings_without_depth(conds: dict) -> list[str]:
+    """The names (sorted) of a sampling run's conditionings ({"positive": [dict, ...], ...}) of which some entry
+    carries no depth channel."""
+    return sorted(name for name, entries in conds.items()
+                  if any(isinstance(e, dict) and DEPTH_CHANNEL_KEY not in e for e in entries or ()))
 
 
 class DepthRunCache(RunCache):
@@ -156,16 +167,17 @@ class DepthPatch(MultiViewPatch):
     # ---- the run ----------------------------------------------------------------------------------------------
     def validate(self, latent_shape: tuple, conds: dict, model_options: dict, model_patcher=None) -> None:
         super().validate(latent_shape, conds, model_options, model_patcher)
+        lacking = conditionings_without_depth(conds)
+        if lacking:
+            raise MultiViewError(f"the {' and '.join(lacking)} conditioning has no depth channel: the depth model's "
+                                 "5th input channel comes from 'Depth Conditioning' (connect both the positive and "
+                                 "the negative conditioning through it)")
         m, size = self.scene.num_views, tuple(latent_shape[-2:])
         for name, cond_list in conds.items():
             for cond in cond_list or []:
                 if not isinstance(cond, dict):
                     continue
-                depth = cond.get("noise_concat")
-                if depth is None:
-                    raise MultiViewError(f"the {name} conditioning has no depth channel: the depth model's 5th input "
-                                         "channel comes from 'Depth Conditioning' (connect both the positive and "
-                                         "the negative conditioning through it)")
+                depth = cond[DEPTH_CHANNEL_KEY]
                 rows = int(depth.shape[0])
                 if depth.ndim != 4 or depth.shape[1] != 1 or tuple(depth.shape[-2:]) != size \
                         or (rows != 1 and (rows % m or latent_shape[0] % rows)):

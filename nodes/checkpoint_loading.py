@@ -48,6 +48,8 @@ import comfy.utils
 
 from ..caa import checkpoint as ckpt_io
 from ..caa.checkpoint import CheckpointError, checkpoint_error
+from ..caa.depth_patch import DEPTH_CHANNEL_KEY, DEPTH_UNET_IN, conditionings_without_depth
+from .sampling import unet_in_channels
 
 __all__ = ["CheckpointError", "load_mvdiffusion_checkpoint", "load_caa_weights_file", "load_unet_part",
            "load_vae_part", "load_clip_part", "diffusers_unet_to_ldm", "complete_sd2_text_encoder",
@@ -143,15 +145,12 @@ def load_unet_part(unet_sd: dict, source="<UNet>", model_options: dict | None = 
 # ---------------------------------------------------------------------------------------------------------
 # depth models (SD2-depth UNet: the 5th input channel comes from the conditioning)
 # ---------------------------------------------------------------------------------------------------------
-DEPTH_UNET_IN = 5  # 4 latent channels + the depth channel
-DEPTH_CHANNEL_KEY = "noise_concat"  # the conditioning key that carries the depth channel to c_concat
 DEPTH_WRAPPER_KEY = "mvdiffusion_depth"
 
 
 def is_depth_model(model) -> bool:
     """A MODEL (ModelPatcher) whose UNet takes the depth channel: 5 input channels (SD2-depth)."""
-    config = getattr(getattr(model, "model", None), "model_config", None)
-    return config is not None and config.unet_config.get("in_channels") == DEPTH_UNET_IN
+    return unet_in_channels(model) == DEPTH_UNET_IN
 
 
 class DepthChannelCheck:
@@ -162,9 +161,7 @@ class DepthChannelCheck:
         self.source = source
 
     def __call__(self, executor, *args, **kwargs):
-        conds = getattr(executor.class_obj, "conds", None) or {}
-        lacking = sorted(name for name, entries in conds.items()
-                         if any(DEPTH_CHANNEL_KEY not in entry for entry in entries or ()))
+        lacking = conditionings_without_depth(getattr(executor.class_obj, "conds", None) or {})
         if lacking:
             raise ValueError(f"this is an MVDiffusion depth model ({self.source}): its 5th input channel comes from "
                              f"'Depth Conditioning', and the {' and '.join(lacking)} conditioning has none "

@@ -10,7 +10,7 @@ import node_helpers
 from comfy_api.latest import io
 
 from ..caa.condition import key_frame_condition
-from ..caa.depth_patch import patch_depth_model
+from ..caa.depth_patch import DEPTH_CHANNEL_KEY, DEPTH_UNET_IN, patch_depth_model
 from ..geometry.depth_condition import inverse_depth_condition, views_without_depth
 from .io_types import CATEGORY, CAA, DepthScene, KeyFrames, Scene, named
 from .sampling import unet_in_channels
@@ -19,7 +19,6 @@ __all__ = ["DepthConditioning", "ApplyMVDiffusionDepth", "KeyFrameConditioning",
            "apply_depth", "KeyFrameLatents"]
 
 log = logging.getLogger(__name__)
-DEPTH_UNET_IN = 5
 
 
 def depth_conditioning(positive, negative, frames):
@@ -30,7 +29,7 @@ def depth_conditioning(positive, negative, frames):
     if missing:
         log.warning("MVDiffusion: frames without any valid depth (their 5th channel is -2 everywhere and their "
                     "keys are masked): %s", ", ".join(frames.names[i] for i in missing))
-    values = {"noise_concat": depth}
+    values = {DEPTH_CHANNEL_KEY: depth}
     pos, neg = (node_helpers.conditioning_set_values(c, values) for c in (positive, negative))
     latent = torch.zeros(frames.num_frames, 4, frames.height // 8, frames.width // 8,
                          device=comfy.model_management.intermediate_device())

@@ -53,13 +53,14 @@ def generate_in_betweens(model, caa, vae, frames, groups_text: str, key_images: 
                          f"{frames.width}x{frames.height}")
     index = {k: i for i, k in enumerate(keys)}
     images = {k: key_images[i, ..., :3] for i, k in enumerate(keys)}
+    key_latents = vae.encode(key_images[..., :3])  # once: every inner key frame ends two groups
     progress = comfy.utils.ProgressBar(len(groups))
     for g, group in enumerate(groups):
         sub = frames.select(group)
         correspondences = scene_correspondences(sub, threshold)
         pos, neg, latent = depth_conditioning(positive, negative, sub)
-        ends = key_images[[index[group[0]], index[group[-1]]], ..., :3]
-        key_frames = KeyFrameLatents(vae.encode(ends), [0, len(group) - 1], len(group))
+        ends = key_latents[[index[group[0]], index[group[-1]]]]
+        key_frames = KeyFrameLatents(ends, [0, len(group) - 1], len(group))
         patched = apply_depth(model, caa, correspondences, key_frames)
         (out,) = host_nodes.common_ksampler(patched, seed + g, steps, cfg, sampler_name, scheduler, pos, neg, latent)
         decoded = vae.decode(out["samples"])
